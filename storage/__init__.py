@@ -1,0 +1,104 @@
+"""Image stores behind one small interface: ``storage.open(backend, path, mode)``.
+
+>>> import storage
+>>> with storage.open("hdf5", "cifar.h5", mode="x") as store:   # doctest: +SKIP
+...     store.append(images, labels)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib
+import os
+from functools import cache
+from pathlib import Path
+
+from storage._base import Store
+
+__all__ = ["Store", "available", "open"]
+
+# name -> "module:class"; a backend is listed only when its module (and so its library) imports.
+REGISTRY = {
+    "png": "storage.png_store:PngStore",
+    "lmdb": "storage.lmdb_store:LmdbStore",
+    "hdf5": "storage.hdf5_store:Hdf5Store",
+    "npz": "storage.npz_store:NpzStore",
+}
+MODES = ("r", "a", "w", "x")
+
+
+@cache
+def _backends() -> dict[str, type[Store]]:
+    found = {}
+    for name, target in REGISTRY.items():
+        module_name, class_name = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found[name] = getattr(module, class_name)
+    return found
+
+
+def available() -> tuple[str, ...]:
+    """Names of the backends whose libraries import, in registry order."""
+    return tuple(_backends())
+
+
+def backend(name: str) -> type[Store]:
+    """The store class of a backend; ValueError lists the available ones."""
+    try:
+        return _backends()[name]
+    except KeyError:
+        raise ValueError(f"unknown or unavailable backend {name!r}; available: {', '.join(available())}") from None
+
+
+def detect(path: str | os.PathLike) -> str | None:
+    """Name of the backend whose store is at `path`, or None."""
+    return next((name for name, cls in _backends().items() if cls.is_store(Path(path))), None)
+
+
+def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object) -> Store:
+    """Open the `name` store at `path`.
+
+    Modes: "r" read-only (must exist), "a" read/append (create if missing), "w" create or
+    replace a store of the same backend, "x" create (FileExistsError if `path` exists).
+    `options` are the backend's keyword options (for example ``map_size`` for lmdb).
+    """
+    cls = backend(name)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    path = Path(path)
+    exists = os.path.lexists(path)
+    if exists and mode == "x":
+        raise FileExistsError(errno.EEXIST, "a file or directory already exists", str(path))
+    if not exists and mode == "r":
+        raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(path))
+    create = not exists
+    if exists and not cls.is_store(path):
+        if not (mode in "aw" and cls.is_directory and path.is_dir() and not any(path.iterdir())):
+            raise ValueError(f"{path} holds {_describe(path)}, not a {name} store")
+        create = True  # an empty directory is a fine place for a new directory store
+    elif exists and mode == "w":
+        _remove(cls, path)
+        create = True
+    return cls(path, writable=mode != "r", create=create, **options)
+
+
+def _describe(path: Path) -> str:
+    found = detect(path)
+    if found:
+        return f"a {found} store"
+    if path.is_dir():
+        return "a directory that is no image store" if any(path.iterdir()) else "an empty directory"
+    return "a file that is no image store"
+
+
+def _remove(cls: type[Store], path: Path) -> None:
+    """Delete the files of a store of `cls`, and nothing else."""
+    for file in cls.files(path):
+        file.unlink()
+    if cls.is_directory:
+        with contextlib.suppress(OSError):  # the directory holds something else too: keep it and that
+            path.rmdir()

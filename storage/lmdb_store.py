@@ -1,0 +1,139 @@
+"""LMDB: one record per image, a fixed binary header (dtype, shape, label) and the raw pixels.
+
+Keys are ``b"i"`` and the big-endian id, so key order is id order (after the format key)
+and a cursor reads a range in one pass.
+Nothing is pickled. The memory map grows before (and, if needed, during) an append, so a
+store created with a tiny ``map_size`` never fails with ``MapFullError``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from storage._base import NUMERIC_KINDS, Batch, Store, is_consecutive, stack_or_list
+
+HEADER = struct.Struct("<4sB3xq3I")  # dtype code, ndim, padding, label, shape (unused dims 0)
+KEY = struct.Struct(">cQ")  # b"i", id
+FORMAT_KEY, FORMAT = b"format", b"imagestore-lmdb-1"  # sorts before every id key
+MIB = 1 << 20
+
+
+@lru_cache(maxsize=64)
+def _layout(code: bytes, ndim: int, dims: tuple[int, int, int]) -> tuple[np.dtype, tuple[int, ...], int]:
+    """dtype, shape and pixel bytes a header describes; ValueError for a header no writer makes."""
+    try:
+        dtype = np.dtype(code.rstrip(b"\0").decode("ascii"))
+    except (TypeError, UnicodeDecodeError) as error:
+        raise ValueError(f"lmdb record has an unknown dtype code {code!r}") from error
+    if dtype.kind not in NUMERIC_KINDS or ndim not in (2, 3):
+        raise ValueError(f"lmdb record header describes a {dtype} image with {ndim} dimensions")
+    shape = dims[:ndim]
+    return dtype, shape, math.prod(shape) * dtype.itemsize
+
+
+class LmdbStore(Store):
+    name = "lmdb"
+    is_directory = True
+
+    def __init__(self, path: Path, writable: bool, create: bool, *, map_size: int = MIB) -> None:
+        """`map_size`: the initial size of the memory map in bytes; it grows as needed."""
+        super().__init__(path, writable)
+        self._env = lmdb.open(str(path), map_size=map_size, readonly=not writable, create=create, meminit=False)
+        if create:
+            with self._env.begin(write=True) as txn:
+                txn.put(FORMAT_KEY, FORMAT)
+        with self._env.begin() as txn:
+            found = txn.get(FORMAT_KEY)
+            self._length = txn.stat()["entries"] - 1
+        if found != FORMAT:
+            self._env.close()
+            raise ValueError(f"{path} is an LMDB environment that is no image store")
+
+    @classmethod
+    def is_store(cls, path: Path) -> bool:
+        if not (path / "data.mdb").is_file():
+            return False
+        try:
+            env = lmdb.open(str(path), readonly=True, lock=False, create=False)
+        except lmdb.Error:
+            return False
+        try:
+            with env.begin() as txn:
+                return txn.get(FORMAT_KEY) == FORMAT
+        finally:
+            env.close()
+
+    @classmethod
+    def files(cls, path: Path) -> list[Path]:
+        return [file for file in (path / "data.mdb", path / "lock.mdb") if file.exists()]
+
+    def _count(self) -> int:
+        return self._length
+
+    def _records(self, batches: list[np.ndarray], labels: np.ndarray):
+        image_id = self._length
+        for batch in batches:
+            code = batch.dtype.str.encode("ascii")
+            dims = (*batch.shape[1:], 0, 0)[:3]
+            for image in batch:
+                header = HEADER.pack(code, batch.ndim - 1, labels[image_id - self._length], *dims)
+                yield KEY.pack(b"i", image_id), header + image.tobytes()
+                image_id += 1
+
+    def _reserve(self, batches: list[np.ndarray]) -> None:
+        """Grow the map ahead of an append so that it fits (an estimate; `_append` retries)."""
+        page = self._env.stat()["psize"]
+        info = self._env.info()
+        needed = (info["last_pgno"] + 2) * page
+        for batch in batches:
+            record = HEADER.size + batch[0].nbytes + KEY.size + 16
+            needed += len(batch) * (math.ceil(record / page) * page if record > page // 2 else 2 * record)
+        if needed > info["map_size"]:
+            self._env.set_mapsize(math.ceil(needed * 1.5 / MIB) * MIB)
+
+    def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
+        self._reserve(batches)
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:  # commits (with fsync) or aborts as one
+                    _, added = txn.cursor().putmulti(self._records(batches, labels), append=True)
+                    if added != len(labels):
+                        raise RuntimeError(f"lmdb stored {added} of {len(labels)} records")
+                break
+            except lmdb.MapFullError:
+                self._env.set_mapsize(2 * self._env.info()["map_size"])
+        self._length += len(labels)
+
+    def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
+        labels = np.empty(len(ids), np.int64)
+        with self._env.begin(buffers=True) as txn:
+            if is_consecutive(ids):
+                cursor = txn.cursor()
+                cursor.set_key(KEY.pack(b"i", int(ids[0])))
+                values = islice(cursor.iternext(keys=False, values=True), len(ids))
+            else:
+                values = (txn.get(KEY.pack(b"i", image_id)) for image_id in ids.tolist())
+            images = stack_or_list(self._decode(values, labels), len(ids))
+        return images, labels
+
+    @staticmethod
+    def _decode(values, labels: np.ndarray):
+        """Pixel views of `values` (valid inside the transaction); their labels go to `labels`."""
+        for position, value in enumerate(values):
+            code, ndim, labels[position], *dims = HEADER.unpack_from(value)
+            dtype, shape, nbytes = _layout(code, ndim, tuple(dims))
+            if len(value) != HEADER.size + nbytes:
+                raise ValueError(
+                    f"lmdb record {position} holds {len(value)} bytes; its header says {HEADER.size + nbytes}"
+                )
+            yield np.frombuffer(value, dtype, offset=HEADER.size).reshape(shape)
+
+    def _close(self) -> None:
+        self._env.close()

@@ -1,0 +1,103 @@
+"""PNG: one PNG file per image, labels in an index file beside them (the classic "disk" method).
+
+The index is appended only after the PNG files of a batch are on disk, so it is the commit
+record: ``len(store)`` is the number of index records, and a PNG without one is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from storage._base import Batch, Store, fsync_path, make_durable, stack_or_list
+
+INDEX = "index.bin"
+MAGIC = b"imagestore-png\x00\x01"  # 16 bytes, then one RECORD per image
+RECORD = np.dtype([("label", "<i8"), ("one_channel_axis", "u1")])  # was (H, W, 1), stored as grey
+IMAGE_NAME = re.compile(r"\d{9}\.png")
+
+
+class PngStore(Store):
+    name = "png"
+    holds = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
+    is_directory = True
+
+    def __init__(self, path: Path, writable: bool, create: bool, *, compress_level: int = 1) -> None:
+        """`compress_level`: zlib level 0-9 for new PNG files (1 favours speed, 9 size)."""
+        if not (isinstance(compress_level, int) and 0 <= compress_level <= 9):
+            raise ValueError(f"compress_level must be an int from 0 to 9, got {compress_level!r}")
+        super().__init__(path, writable)
+        self.compress_level = compress_level
+        index = path / INDEX
+        if create:
+            path.mkdir(exist_ok=True)
+            index.write_bytes(MAGIC)
+            make_durable([index], path)
+        data = index.read_bytes()
+        if not data.startswith(MAGIC) or (len(data) - len(MAGIC)) % RECORD.itemsize:
+            raise ValueError(f"{index} is not a complete png store index")
+        self._records = np.frombuffer(data, RECORD, offset=len(MAGIC))
+
+    @classmethod
+    def is_store(cls, path: Path) -> bool:
+        index = path / INDEX
+        if not index.is_file():
+            return False
+        with index.open("rb") as file:
+            return file.read(len(MAGIC)) == MAGIC
+
+    @classmethod
+    def files(cls, path: Path) -> list[Path]:
+        images = [Path(entry.path) for entry in os.scandir(path) if IMAGE_NAME.fullmatch(entry.name)]
+        return [path / INDEX, *sorted(images)]
+
+    @classmethod
+    def accepts(cls, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        if dtype.kind != "u":
+            return False
+        if dtype.itemsize == 1:
+            return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
+        return dtype.itemsize == 2 and len(shape) == 2
+
+    def _image_path(self, image_id: int) -> Path:
+        return self.path / f"{image_id:09d}.png"
+
+    def _count(self) -> int:
+        return len(self._records)
+
+    def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
+        records = np.empty(len(labels), RECORD)
+        records["label"] = labels
+        one_channel = [batch.ndim == 4 and batch.shape[-1] == 1 for batch in batches]
+        records["one_channel_axis"] = np.repeat(one_channel, [len(batch) for batch in batches])
+        written = []
+        image_id = len(self._records)
+        for batch, squeeze in zip(batches, one_channel):
+            for image in batch[..., 0] if squeeze else batch:
+                path = self._image_path(image_id)
+                Image.fromarray(image).save(path, format="PNG", compress_level=self.compress_level)
+                written.append(path)
+                image_id += 1
+        make_durable(written, self.path)
+        with (self.path / INDEX).open("ab") as index:
+            index.write(records.tobytes())
+        fsync_path(self.path / INDEX)
+        self._records = np.concatenate([self._records, records])
+
+    def _decode(self, image_id: int) -> np.ndarray:
+        with Image.open(self._image_path(image_id), formats=("PNG",)) as image:
+            array = np.asarray(image)
+        if array.dtype.kind == "i":  # older Pillow opens 16-bit grey as 32-bit "I"
+            array = array.astype(np.uint16)
+        return array[..., np.newaxis] if self._records["one_channel_axis"][image_id] else array
+
+    def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
+        images = stack_or_list((self._decode(image_id) for image_id in ids.tolist()), len(ids))
+        return images, self._records["label"][ids]
+
+    def _close(self) -> None:
+        pass  # every file is closed as soon as it has been written or read
