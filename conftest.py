@@ -10,3 +10,23 @@ settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("image storage", "image storage benchmark grid")
+    group.addoption(
+        "--preset",
+        default="default",
+        help="named grid: default, classic (1 to 100,000 images of 32x32x3) or large (256x256x3 and 512x512x3)",
+    )
+    group.addoption("--backends", help="comma-separated backends (default: every one in storage.available())")
+    group.addoption("--image-counts", help="comma-separated image counts, e.g. 100,10000 (overrides the preset's)")
+    group.addoption(
+        "--image-sizes", help="comma-separated HxWxC or HxW sizes, e.g. 32x32x3,64x64 (overrides the preset's)"
+    )
+    group.addoption(
+        "--dataset",
+        default="synthetic",
+        help="synthetic, cifar10:DIR (CIFAR-10 python batches) or folder:DIR (class-per-folder images)",
+    )
+    group.addoption("--store-dir", help="directory for the stores under test (default: pytest's temporary directory)")

@@ -1,0 +1,156 @@
+"""Benchmark data: deterministic synthetic images, CIFAR-10 batches, or a folder of the user's images.
+
+Synthetic image ``i`` of a size depends only on ``(SEED, size, i // chunk)``, so a run of 1,000
+images is a prefix of a run of 100,000 and results stay comparable across runs and grids.
+Never change what the generator makes; add a new one instead.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SEED = 20191115
+CHUNK_PIXELS = 1 << 18  # images are made in chunks of about this many pixels (256 at 32x32)
+LABEL_COUNT = 10
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+FOLDER_MODES = {"L", "RGB", "RGBA", "I;16"}  # kept as they are; other modes become RGB
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """'32x32x3' -> (32, 32, 3); 'HxW' is a grey image."""
+    try:
+        size = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) not in (2, 3) or min(size) < 1:
+        raise ValueError(f"an image size is HxW or HxWxC with positive integers, e.g. 32x32x3; got {text!r}")
+    return size
+
+
+def size_id(size: tuple[int, ...]) -> str:
+    return "x".join(map(str, size))
+
+
+def _smoothing_matrix(out_size: int, grid: int) -> np.ndarray:
+    """Linear interpolation weights from `grid` control points to `out_size` pixels."""
+    position = np.linspace(0, grid - 1, out_size)
+    weights = np.maximum(0, 1 - np.abs(position[:, None] - np.arange(grid)[None, :]))
+    return weights.astype(np.float32)
+
+
+def _chunk_length(size: tuple[int, ...]) -> int:
+    return max(1, CHUNK_PIXELS // (size[0] * size[1]))
+
+
+def _synthetic_chunk(size: tuple[int, ...], chunk: int) -> np.ndarray:
+    """One chunk of images: smooth colour fields, two sharp edges (a half-plane and a disc) and mild noise."""
+    count = _chunk_length(size)
+    height, width = size[:2]
+    channels = size[2] if len(size) == 3 else 1
+    rng = np.random.default_rng([SEED, *size, chunk])
+    image = np.zeros((count, height, width, channels), np.float32)
+    for grid, low, high in ((4, 0, 255), (min(height, width, 16), -25, 25)):  # broad colour, then finer detail
+        control = rng.uniform(low, high, (count, grid, grid, channels)).astype(np.float32)
+        rows, cols = _smoothing_matrix(height, grid), _smoothing_matrix(width, grid)
+        image += np.einsum("hy,nyxc,wx->nhwc", rows, control, cols, optimize=True)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, np.pi, (count, 1, 1))
+    offset = rng.uniform(-0.5, 0.5, (count, 1, 1)) * (height + width) / 2
+    half_plane = (cols - width / 2) * np.cos(angle) + (rows - height / 2) * np.sin(angle) > offset
+    centre = rng.uniform(0, 1, (count, 2, 1, 1)) * np.array([height, width]).reshape(1, 2, 1, 1)
+    radius = rng.uniform(0.1, 0.35, (count, 1, 1)) * min(height, width)
+    disc = (rows - centre[:, 0]) ** 2 + (cols - centre[:, 1]) ** 2 < radius**2
+    image += half_plane[..., None] * rng.uniform(-80, 80, (count, 1, 1, channels)).astype(np.float32)
+    image += disc[..., None] * rng.uniform(-100, 100, (count, 1, 1, channels)).astype(np.float32)
+    image += rng.normal(0, 3, image.shape).astype(np.float32)
+    pixels = np.clip(image, 0, 255).astype(np.uint8)
+    return pixels if len(size) == 3 else pixels[..., 0]
+
+
+def synthetic(count: int, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` synthetic uint8 images of `size` and their labels (0-9)."""
+    images = np.empty((count, *size), np.uint8)
+    length = _chunk_length(size)
+    for chunk, start in enumerate(range(0, count, length)):
+        images[start : start + length] = _synthetic_chunk(size, chunk)[: count - start]
+    labels = np.random.default_rng([SEED, count]).integers(0, LABEL_COUNT, count)
+    return images, labels
+
+
+def cifar10(directory: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images of the CIFAR-10 "python version" batches in `directory`.
+
+    Each batch is a pickle, the dataset's standard distribution: this is the one place that
+    unpickles, and only files the user chose to point at.
+    """
+    images, labels, held = [], [], 0
+    for name in CIFAR10_BATCHES:
+        if held >= count:
+            break
+        path = directory / name
+        if not path.is_file():
+            continue
+        with path.open("rb") as file:
+            batch = pickle.load(file, encoding="bytes")  # noqa: S301 - a dataset file the user chose to trust
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        images.append(data[: count - held])
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64)[: count - held])
+        held += len(images[-1])
+    if held < count:
+        raise ValueError(f"{directory} holds {held} CIFAR-10 images ({', '.join(CIFAR10_BATCHES)}), not {count}")
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def folder(directory: Path, count: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The first `count` images of a class-per-subfolder tree; labels number the sorted class names."""
+    classes = sorted(entry for entry in directory.iterdir() if entry.is_dir())
+    files = [(label, path) for label, cls in enumerate(classes) for path in sorted(cls.iterdir()) if path.is_file()]
+    if len(files) < count:
+        raise ValueError(f"{directory} holds {len(files)} image files in {len(classes)} class folders, not {count}")
+    images = []
+    for _, path in files[:count]:
+        with Image.open(path) as image:
+            images.append(np.asarray(image if image.mode in FOLDER_MODES else image.convert("RGB")))
+    return images, np.array([label for label, _ in files[:count]], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What `--dataset` chose: ``synthetic``, ``cifar10:DIR`` or ``folder:DIR``."""
+
+    kind: str
+    directory: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Dataset:
+        kind, _, directory = text.partition(":")
+        if kind == "synthetic" and not directory:
+            return cls("synthetic")
+        if kind in ("cifar10", "folder") and directory:
+            if not Path(directory).is_dir():
+                raise ValueError(f"--dataset {text}: {directory} is not a directory")
+            return cls(kind, Path(directory))
+        raise ValueError(f"--dataset is synthetic, cifar10:DIR or folder:DIR; got {text!r}")
+
+    @property
+    def id(self) -> str:
+        return self.kind
+
+    def load(self, count: int, size: tuple[int, ...] | None) -> tuple[np.ndarray | list, np.ndarray]:
+        """`count` images with labels; `size` is used by the synthetic dataset only."""
+        return _load(self, count, size)
+
+
+@cache
+def _load(dataset: Dataset, count: int, size: tuple[int, ...] | None) -> tuple[np.ndarray | list, np.ndarray]:
+    if dataset.kind == "synthetic":
+        return synthetic(count, size)
+    if dataset.kind == "cifar10":
+        return cifar10(dataset.directory, count)
+    return folder(dataset.directory, count)

@@ -1,0 +1,32 @@
+"""The `limit` rows: the same bytes through one plain file, the floor no format can beat here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
+    """All pixel bytes of `images` as one flat uint8 array (no copy for a contiguous batch)."""
+    if isinstance(images, np.ndarray):
+        return np.ascontiguousarray(images).reshape(-1).view(np.uint8)
+    return np.concatenate([np.ascontiguousarray(image).reshape(-1).view(np.uint8) for image in images])
+
+
+def write(path: Path, pixels: np.ndarray) -> None:
+    """Write the bytes to a new file and fsync it, as every store's append does."""
+    with path.open("xb") as file:
+        file.write(pixels)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def read(path: Path, nbytes: int) -> np.ndarray:
+    """Read the bytes into a freshly allocated array, as every store's read does."""
+    out = np.empty(nbytes, np.uint8)
+    with path.open("rb", buffering=0) as file:
+        if file.readinto(out) != nbytes:
+            raise ValueError(f"{path} is shorter than {nbytes} bytes")
+    return out

@@ -1,0 +1,10 @@
+"""Store one image: create a store, append one image, close (durable on disk)."""
+
+import pytest
+
+from benchmarks.conftest import measure_store
+
+
+@pytest.mark.single_image
+def test_store_one(benchmark, run_rounds, case, source, fresh_target):
+    measure_store(benchmark, run_rounds, "store-one", case, source, fresh_target)
