@@ -75,6 +75,13 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
         raise FileExistsError(errno.EEXIST, "a file or directory already exists", str(path))
     if not exists and mode == "r":
         raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(path))
+    if exists and mode == "r":  # a read-only open changes nothing, so let the backend check the format itself
+        try:
+            return cls(path, writable=False, create=False, **options)
+        except Exception as error:
+            if cls.is_store(path):
+                raise
+            raise ValueError(f"{path} holds {_describe(path)}, not a {name} store") from error
     create = not exists
     if exists and not cls.is_store(path):
         if not (mode in "aw" and cls.is_directory and path.is_dir() and not any(path.iterdir())):

@@ -19,7 +19,8 @@ import numpy as np
 
 from storage._base import NUMERIC_KINDS, Batch, Store, is_consecutive, stack_or_list
 
-HEADER = struct.Struct("<4sB3xq3I")  # dtype code, ndim, padding, label, shape (unused dims 0)
+HEADER = struct.Struct("<4sB3x3Iq")  # dtype code, ndim, padding, shape (unused dims 0), label
+LAYOUT_BYTES = HEADER.size - 8  # everything before the label: equal for images of one dtype and shape
 KEY = struct.Struct(">cQ")  # b"i", id
 FORMAT_KEY, FORMAT = b"format", b"imagestore-lmdb-1"  # sorts before every id key
 MIB = 1 << 20
@@ -62,7 +63,7 @@ class LmdbStore(Store):
             return False
         try:
             env = lmdb.open(str(path), readonly=True, lock=False, create=False)
-        except lmdb.Error:
+        except (lmdb.InvalidError, lmdb.VersionMismatchError):  # not LMDB; "already open in this process" passes up
             return False
         try:
             with env.begin() as txn:
@@ -83,7 +84,7 @@ class LmdbStore(Store):
             code = batch.dtype.str.encode("ascii")
             dims = (*batch.shape[1:], 0, 0)[:3]
             for image in batch:
-                header = HEADER.pack(code, batch.ndim - 1, labels[image_id - self._length], *dims)
+                header = HEADER.pack(code, batch.ndim - 1, *dims, labels[image_id - self._length])
                 yield KEY.pack(b"i", image_id), header + image.tobytes()
                 image_id += 1
 
@@ -112,28 +113,47 @@ class LmdbStore(Store):
         self._length += len(labels)
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        labels = np.empty(len(ids), np.int64)
-        with self._env.begin(buffers=True) as txn:
+        with self._env.begin(buffers=True) as txn:  # values are views of the map, valid in the transaction
             if is_consecutive(ids):
                 cursor = txn.cursor()
                 cursor.set_key(KEY.pack(b"i", int(ids[0])))
-                values = islice(cursor.iternext(keys=False, values=True), len(ids))
+                values = list(islice(cursor.iternext(keys=False, values=True), len(ids)))
             else:
-                values = (txn.get(KEY.pack(b"i", image_id)) for image_id in ids.tolist())
-            images = stack_or_list(self._decode(values, labels), len(ids))
-        return images, labels
-
-    @staticmethod
-    def _decode(values, labels: np.ndarray):
-        """Pixel views of `values` (valid inside the transaction); their labels go to `labels`."""
-        for position, value in enumerate(values):
-            code, ndim, labels[position], *dims = HEADER.unpack_from(value)
-            dtype, shape, nbytes = _layout(code, ndim, tuple(dims))
-            if len(value) != HEADER.size + nbytes:
-                raise ValueError(
-                    f"lmdb record {position} holds {len(value)} bytes; its header says {HEADER.size + nbytes}"
-                )
-            yield np.frombuffer(value, dtype, offset=HEADER.size).reshape(shape)
+                values = [txn.get(KEY.pack(b"i", image_id)) for image_id in ids.tolist()]
+            return _decode_uniform(values) or _decode_each(values)
 
     def _close(self) -> None:
         self._env.close()
+
+
+def _header(value) -> tuple[bytes, int, tuple[int, int, int], int]:
+    code, ndim, *dims, label = HEADER.unpack_from(value)
+    return code, ndim, tuple(dims), label
+
+
+def _decode_uniform(values: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """Images and labels of records that share one layout, decoded as one array; else None."""
+    dtype, shape, nbytes = _layout(*_header(values[0])[:3])
+    if any(len(value) != HEADER.size + nbytes for value in values):
+        return None
+    fields = [("layout", "u1", (LAYOUT_BYTES,)), ("label", "<i8"), ("pixels", "u1", (nbytes,))]
+    records = np.frombuffer(b"".join(values), np.dtype(fields))  # one pass over the map, in C
+    if (records["layout"] != records["layout"][0]).any():
+        return None
+    images = np.ascontiguousarray(records["pixels"]).view(dtype).reshape(len(values), *shape)
+    return images, records["label"].astype(np.int64)
+
+
+def _decode_each(values: list) -> tuple[Batch, np.ndarray]:
+    """Images and labels of records of any layouts, one by one."""
+    labels = np.empty(len(values), np.int64)
+
+    def images():
+        for position, value in enumerate(values):
+            code, ndim, dims, labels[position] = _header(value)
+            dtype, shape, nbytes = _layout(code, ndim, dims)
+            if len(value) != HEADER.size + nbytes:
+                raise ValueError(f"lmdb record of {len(value)} bytes; its header says {HEADER.size + nbytes}")
+            yield np.frombuffer(value, dtype, offset=HEADER.size).reshape(shape)
+
+    return stack_or_list(images(), len(values)), labels
