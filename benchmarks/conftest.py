@@ -95,15 +95,19 @@ def grid(config: pytest.Config) -> Grid:
     return Grid(backends, counts, sizes, dataset)
 
 
+GRID = pytest.StashKey[Grid]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit_row: also run the plain-file floor, as backend 'limit'")
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
+    config.stash[GRID] = grid(config)  # bad options stop the run here, as usage errors
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
-    chosen = grid(metafunc.config)
+    chosen = metafunc.config.stash[GRID]
     backends = chosen.backends + (("limit",) if metafunc.definition.get_closest_marker("limit_row") else ())
     counts = (None,) if metafunc.definition.get_closest_marker("single_image") else chosen.counts
     cases = [Case(b, n, size, chosen.dataset) for n in counts for size in chosen.sizes for b in backends]
