@@ -13,5 +13,6 @@ def test_read_many(benchmark, run_rounds, case, source, built_stores):
     images, labels = source
     path = built_stores.get(case, images, labels)
     describe(benchmark, "read-many", case, images, page_cache="warm")
-    got = run_rounds(lambda: read_all(case.backend, path, raw_bytes(images)))
+    nbytes = raw_bytes(images)
+    got = run_rounds(lambda: read_all(case.backend, path, nbytes))
     assert_read_back(case.backend, got, images, labels)
