@@ -97,3 +97,16 @@ def test_required_layouts_roundtrip(backend, dtype, channels, tmp_path):
         store.append(image[np.newaxis], [2**63 - 1])
     with storage.open(backend, tmp_path / "store") as store:
         assert_read_equal(store, [0], [image], [2**63 - 1])
+
+
+@each_backend
+def test_equal_size_layouts_roundtrip(backend, tmp_path):
+    """Images of different layouts but equal byte counts come back in their own layouts."""
+    wide = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8)
+    deep = np.arange(4 * 4, dtype=np.uint16).reshape(4, 4) * 4099
+    images = [wide, deep, wide[:, ::-1].copy(), deep.T.copy()]
+    with storage.open(backend, tmp_path / "store", "x") as store:
+        store.append(images, [0, 1, 2, 3])
+    with storage.open(backend, tmp_path / "store") as store:
+        assert_read_equal(store, None, images, [0, 1, 2, 3])
+        assert_read_equal(store, [3, 0], [images[3], images[0]], [3, 0])

@@ -71,10 +71,15 @@ class Hdf5Store(Store):
         self._runs.extend(runs)
         self._starts = np.cumsum([0] + [len(run) for run in self._runs])
         self._layouts = [(run.shape[1:], run.dtype) for run in self._runs]
+        self._offsets = [run.id.get_offset() or 0 for run in self._runs]
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
         images = gather_runs(
-            ids, self._starts, self._layouts, lambda run, local, out: _read_run(self._runs[run], local, out)
+            ids,
+            self._starts,
+            self._layouts,
+            lambda run, local, out: _read_run(self._runs[run], local, out),
+            self._offsets,
         )
         return images, self._labels[ids]
 

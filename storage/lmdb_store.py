@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from functools import lru_cache
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import lmdb
@@ -114,13 +115,7 @@ class LmdbStore(Store):
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
         with self._env.begin(buffers=True) as txn:  # values are views of the map, valid in the transaction
-            if is_consecutive(ids):
-                cursor = txn.cursor()
-                cursor.set_key(KEY.pack(b"i", int(ids[0])))
-                values = list(islice(cursor.iternext(keys=False, values=True), len(ids)))
-            else:
-                values = [txn.get(KEY.pack(b"i", image_id)) for image_id in ids.tolist()]
-            return _decode_uniform(values) or _decode_each(values)
+            return _decode_uniform(_values(txn, ids), len(ids)) or _decode_each(list(_values(txn, ids)))
 
     def _close(self) -> None:
         self._env.close()
@@ -131,17 +126,38 @@ def _header(value) -> tuple[bytes, int, tuple[int, int, int], int]:
     return code, ndim, tuple(dims), label
 
 
-def _decode_uniform(values: list) -> tuple[np.ndarray, np.ndarray] | None:
-    """Images and labels of records that share one layout, decoded as one array; else None."""
-    dtype, shape, nbytes = _layout(*_header(values[0])[:3])
-    if any(len(value) != HEADER.size + nbytes for value in values):
+def _values(txn: lmdb.Transaction, ids: np.ndarray) -> Iterator:
+    """The records of `ids` in order, one at a time (a cursor pass for a range of ids)."""
+    if is_consecutive(ids):
+        cursor = txn.cursor()
+        cursor.set_key(KEY.pack(b"i", int(ids[0])))
+        return islice(cursor.iternext(keys=False, values=True), len(ids))
+    return (txn.get(KEY.pack(b"i", image_id)) for image_id in ids.tolist())
+
+
+def _decode_uniform(values: Iterator, count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Images and labels of `count` records that share one layout, copied into two arrays; else None.
+
+    Each record is copied as it comes, so no list of `count` views builds up (that would
+    trigger the garbage collector over and over: 3x slower at 100,000 records).
+    """
+    first = next(values)
+    dtype, shape, nbytes = _layout(*_header(first)[:3])
+    headers = np.empty((count, HEADER.size), np.uint8)
+    images = np.empty((count, *shape), dtype)
+    header_bytes, pixel_bytes = memoryview(headers.reshape(-1)), memoryview(images.reshape(-1).view(np.uint8))
+    size, header_size = HEADER.size + nbytes, HEADER.size
+    header_at = pixels_at = 0
+    for value in chain([first], values):
+        if len(value) != size:
+            return None
+        header_end, pixels_end = header_at + header_size, pixels_at + nbytes
+        header_bytes[header_at:header_end] = value[:header_size]
+        pixel_bytes[pixels_at:pixels_end] = value[header_size:]
+        header_at, pixels_at = header_end, pixels_end
+    if (headers[:, :LAYOUT_BYTES] != headers[0, :LAYOUT_BYTES]).any():
         return None
-    fields = [("layout", "u1", (LAYOUT_BYTES,)), ("label", "<i8"), ("pixels", "u1", (nbytes,))]
-    records = np.frombuffer(b"".join(values), np.dtype(fields))  # one pass over the map, in C
-    if (records["layout"] != records["layout"][0]).any():
-        return None
-    images = np.ascontiguousarray(records["pixels"]).view(dtype).reshape(len(values), *shape)
-    return images, records["label"].astype(np.int64)
+    return images, headers[:, LAYOUT_BYTES:].copy().view("<i8").reshape(-1).astype(np.int64)
 
 
 def _decode_each(values: list) -> tuple[Batch, np.ndarray]:

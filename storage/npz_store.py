@@ -127,7 +127,8 @@ class NpzStore(Store):
         np.take(run_array, local, axis=0, out=out)
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        return gather_runs(ids, self._starts, self._layouts, self._read_run), self._labels[ids]
+        offsets = [offset for _, _, offset in self._runs]
+        return gather_runs(ids, self._starts, self._layouts, self._read_run, offsets), self._labels[ids]
 
     def _close_map(self) -> None:
         if self._map is not None:
