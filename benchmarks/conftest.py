@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import storage
-from benchmarks import plain
+from benchmarks import machine, plain
 from benchmarks.contract import assert_images_equal
 from benchmarks.data import Dataset, parse_size, size_id
 from storage._base import allocated_bytes
@@ -101,6 +101,7 @@ GRID = pytest.StashKey[Grid]()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit_row: also run the plain-file floor, as backend 'limit'")
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
+    config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
     config.stash[GRID] = grid(config)  # bad options stop the run here, as usage errors
 
 
@@ -288,3 +289,7 @@ def record_disk_usage(benchmark, case: Case, path: Path, raw: int) -> None:
         disk_ratio_to_raw=allocated / raw,
         files=len(files),
     )
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine.update(machine_info, config.getoption("store_dir"))
