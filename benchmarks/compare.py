@@ -29,10 +29,10 @@ from pathlib import Path
 DEFAULT_SUBSET = [
     "-k",
     "read_many or store_many",
-    "--image-counts=1000",
+    "--image-counts=500",
     "--image-sizes=32x32x3",
     "--benchmark-max-time=0.2",
-    "--benchmark-min-rounds=5",
+    "--benchmark-min-rounds=3",
 ]
 
 
