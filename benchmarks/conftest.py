@@ -266,6 +266,7 @@ def describe(benchmark, experiment: str, case: Case, images: np.ndarray | list, 
     """Name the table and record what is measured, before the benchmark runs."""
     benchmark.group = case.group(experiment)
     benchmark.extra_info.update(
+        experiment=experiment,
         backend=case.backend,
         images=case.images,
         image_size=case.size_label,
