@@ -14,9 +14,9 @@ import os
 from functools import cache
 from pathlib import Path
 
-from storage._base import Store
+from storage._base import DamagedStoreError, Store, damage_reported
 
-__all__ = ["Store", "available", "open"]
+__all__ = ["DamagedStoreError", "Store", "available", "open"]
 
 # name -> "module:class"; a backend is listed only when its module (and so its library) imports.
 REGISTRY = {
@@ -77,9 +77,10 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
         raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(path))
     if exists and mode == "r":  # a read-only open changes nothing, so let the backend check the format itself
         try:
-            return cls(path, writable=False, create=False, **options)
+            with damage_reported(path, name):
+                return cls(path, writable=False, create=False, **options)
         except Exception as error:
-            if cls.is_store(path):
+            if isinstance(error, (BlockingIOError, MemoryError)) or cls.is_store(path):
                 raise
             raise ValueError(f"{path} holds {_describe(path)}, not a {name} store") from error
     create = not exists
@@ -90,7 +91,8 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
     elif exists and mode == "w":
         _remove(cls, path)
         create = True
-    return cls(path, writable=mode != "r", create=create, **options)
+    with damage_reported(path, name):
+        return cls(path, writable=mode != "r", create=create, **options)
 
 
 def _describe(path: Path) -> str:

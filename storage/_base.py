@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import shutil
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Union
 
@@ -27,6 +29,27 @@ PAGE = 4096
 COPY_SKEW = 256
 
 
+class DamagedStoreError(ValueError):
+    """A store whose format marker is present but whose content is damaged or incomplete."""
+
+
+# What the interface raises on purpose; anything else out of a backend's library is damage.
+INTENDED_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, BlockingIOError, MemoryError)
+
+
+@contextmanager
+def damage_reported(path: Path, backend: str) -> Iterator[None]:
+    """Turn a library's unexpected error about a store's content into a DamagedStoreError naming the store."""
+    try:
+        yield
+    except INTENDED_ERRORS:
+        raise
+    except Exception as error:
+        raise DamagedStoreError(
+            f"{path} is a damaged or incomplete {backend} store ({type(error).__name__}: {error})"
+        ) from error
+
+
 class Store(ABC):
     """A store of labelled images; open one with :func:`storage.open`."""
 
@@ -34,9 +57,12 @@ class Store(ABC):
     holds: ClassVar[str] = "2-D or 3-D (H, W, C) images of any fixed-size numeric dtype"
     is_directory: ClassVar[bool]
 
-    def __init__(self, path: Path, writable: bool) -> None:
+    def __init__(self, path: Path, writable: bool, durable: bool = True) -> None:
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be True or False, got {durable!r}")
         self.path = path
         self.writable = writable
+        self.durable = durable  # whether append flushes to disk (fsync) before it returns
         self.closed = False
 
     # --- what a backend provides -------------------------------------------------
@@ -90,7 +116,8 @@ class Store(ABC):
         selected = self._ids(ids)
         if len(selected) == 0:
             return [], np.empty(0, np.int64)
-        return self._read(selected)
+        with damage_reported(self.path, self.name):
+            return self._read(selected)
 
     def append(self, images: Images, labels: Sequence[int]) -> None:
         """Add images with their labels; ids continue from ``len(store)``.
@@ -287,6 +314,44 @@ def allocated_bytes(path: Path) -> int:
     """Bytes the filesystem allocated for one file (its size where blocks are not reported)."""
     stat = path.stat()
     return stat.st_blocks * 512 if hasattr(stat, "st_blocks") else stat.st_size
+
+
+def staging_path(path: Path) -> Path:
+    """Where a new version of `path` is prepared before it replaces `path`."""
+    return path.with_name(path.name + ".tmp")
+
+
+def replace_atomically(path: Path, data: bytes, durable: bool) -> None:
+    """Give `path` the content `data` so that a crash or a reader sees the old or the new file, never a mix."""
+    staging = staging_path(path)
+    with staging.open("wb") as file:
+        file.write(data)
+        file.flush()
+        if durable:
+            os.fsync(file.fileno())
+    os.replace(staging, path)
+    if durable:
+        fsync_path(path.parent)
+
+
+@contextmanager
+def staged_copy(path: Path, durable: bool) -> Iterator[Path]:
+    """A copy of `path` to change; it replaces `path` atomically when the block succeeds, else it is removed.
+
+    Readers that have `path` open keep reading the old version; a crash leaves the old version.
+    """
+    staging = staging_path(path)
+    shutil.copyfile(path, staging)
+    try:
+        yield staging
+        if durable:
+            fsync_path(staging)
+        os.replace(staging, path)
+        if durable:
+            fsync_path(path.parent)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def fsync_path(path: Path) -> None:

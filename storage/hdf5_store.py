@@ -3,6 +3,9 @@
 ``images/00000000`` holds the pixels in native little-endian types and ``labels/00000000``
 their int64 labels; a batch of one shape (the usual case) is a single dataset that reads
 straight into a preallocated array, and images of differing shapes fall into several runs.
+An append writes a copy of the file and renames it over the store (HDF5 files are not crash
+safe while open for writing), so the store is only ever held open read-only: readers in other
+processes keep their snapshot, and a crash leaves the last complete version.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from storage._base import Batch, Store, fsync_path, gather_runs, is_consecutive, make_durable
+from storage._base import (
+    Batch,
+    DamagedStoreError,
+    Store,
+    gather_runs,
+    is_consecutive,
+    make_durable,
+    staged_copy,
+    staging_path,
+)
 
 FORMAT = "imagestore-hdf5-1"
 
@@ -22,49 +34,59 @@ class Hdf5Store(Store):
     name = "hdf5"
     is_directory = False
 
-    def __init__(self, path: Path, writable: bool, create: bool) -> None:
-        super().__init__(path, writable)
-        self._file = h5py.File(path, "w-" if create else ("r+" if writable else "r"))
+    def __init__(self, path: Path, writable: bool, create: bool, *, durable: bool = True) -> None:
+        """`durable`: flush each append to disk (fsync) before it returns."""
+        super().__init__(path, writable, durable)
         if create:
-            self._file.attrs["format"] = FORMAT
-            self._file.create_group("images")
-            self._file.create_group("labels")
-            self._file.flush()
-            make_durable([path], path.parent)
-        elif self._file.attrs.get("format") != FORMAT:
+            with h5py.File(path, "w-") as file:
+                file.attrs["format"] = FORMAT
+                file.create_group("images")
+                file.create_group("labels")
+            if durable:
+                make_durable([path], path.parent)
+        self._open()
+
+    def _open(self) -> None:
+        self._file = h5py.File(self.path, "r")
+        if self._file.attrs.get("format") != FORMAT:
             self._file.close()
-            raise ValueError(f"{path} is an HDF5 file that is no image store")
+            raise ValueError(f"{self.path} is an HDF5 file that is no image store")
         self._runs: list[h5py.Dataset] = []
         self._index_runs(self._file["images"][name] for name in sorted(self._file["images"]))
         labels = [self._file["labels"][name][()] for name in sorted(self._file["labels"])]
         self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
-        if len(self._labels) != self._starts[-1]:
-            raise ValueError(f"{path} holds {self._starts[-1]} images but {len(self._labels)} labels")
+        if len(self._labels) != self._starts[-1] or any(label.ndim != 1 for label in labels):
+            raise DamagedStoreError(f"{self.path} holds {self._starts[-1]} images but {len(self._labels)} labels")
 
     @classmethod
     def is_store(cls, path: Path) -> bool:
         if not (path.is_file() and h5py.is_hdf5(path)):
             return False
-        with h5py.File(path, "r") as file:
-            return file.attrs.get("format") == FORMAT
+        try:
+            with h5py.File(path, "r") as file:
+                return file.attrs.get("format") == FORMAT
+        except OSError:  # unreadable: damaged, or locked by a writer
+            return False
 
     @classmethod
     def files(cls, path: Path) -> list[Path]:
-        return [path]
+        return [path, *filter(Path.exists, [staging_path(path)])]
 
     def _count(self) -> int:
         return int(self._starts[-1])
 
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
-        offset = 0
-        for batch in batches:
-            name = f"{len(self._runs):08d}"
-            self._index_runs([self._file["images"].create_dataset(name, data=batch)])
-            self._file["labels"].create_dataset(name, data=labels[offset : offset + len(batch)])
-            offset += len(batch)
-        self._file.flush()
-        fsync_path(self.path)
-        self._labels = np.concatenate([self._labels, labels])
+        first_run = len(self._runs)
+        self._file.close()
+        try:
+            with staged_copy(self.path, self.durable) as staging, h5py.File(staging, "r+") as file:
+                offset = 0
+                for run, batch in enumerate(batches, first_run):
+                    file["images"].create_dataset(f"{run:08d}", data=batch)
+                    file["labels"].create_dataset(f"{run:08d}", data=labels[offset : offset + len(batch)])
+                    offset += len(batch)
+        finally:
+            self._open()
 
     def _index_runs(self, runs: Iterable[h5py.Dataset]) -> None:
         """Add datasets to the runs, keeping their start ids and layouts at hand."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from storage._base import NUMERIC_KINDS, Batch, Store, is_consecutive, stack_or_list
+from storage._base import NUMERIC_KINDS, Batch, DamagedStoreError, Store, is_consecutive, stack_or_list
 
 HEADER = struct.Struct("<4sB3x3Iq")  # dtype code, ndim, padding, shape (unused dims 0), label
 LAYOUT_BYTES = HEADER.size - 8  # everything before the label: equal for images of one dtype and shape
@@ -33,9 +33,9 @@ def _layout(code: bytes, ndim: int, dims: tuple[int, int, int]) -> tuple[np.dtyp
     try:
         dtype = np.dtype(code.rstrip(b"\0").decode("ascii"))
     except (TypeError, UnicodeDecodeError) as error:
-        raise ValueError(f"lmdb record has an unknown dtype code {code!r}") from error
+        raise DamagedStoreError(f"lmdb record has an unknown dtype code {code!r}") from error
     if dtype.kind not in NUMERIC_KINDS or ndim not in (2, 3):
-        raise ValueError(f"lmdb record header describes a {dtype} image with {ndim} dimensions")
+        raise DamagedStoreError(f"lmdb record header describes a {dtype} image with {ndim} dimensions")
     shape = dims[:ndim]
     return dtype, shape, math.prod(shape) * dtype.itemsize
 
@@ -44,10 +44,19 @@ class LmdbStore(Store):
     name = "lmdb"
     is_directory = True
 
-    def __init__(self, path: Path, writable: bool, create: bool, *, map_size: int = MIB) -> None:
-        """`map_size`: the initial size of the memory map in bytes; it grows as needed."""
-        super().__init__(path, writable)
-        self._env = lmdb.open(str(path), map_size=map_size, readonly=not writable, create=create, meminit=False)
+    def __init__(self, path: Path, writable: bool, create: bool, *, map_size: int = MIB, durable: bool = True) -> None:
+        """`map_size`: the initial size of the memory map in bytes; it grows as needed.
+        `durable`: flush each append's transaction to disk (fsync) before it returns."""
+        super().__init__(path, writable, durable)
+        self._env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            readonly=not writable,
+            create=create,
+            meminit=False,
+            sync=durable,
+            metasync=durable,
+        )
         if create:
             with self._env.begin(write=True) as txn:
                 txn.put(FORMAT_KEY, FORMAT)
@@ -114,7 +123,12 @@ class LmdbStore(Store):
         self._length += len(labels)
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        with self._env.begin(buffers=True) as txn:  # values are views of the map, valid in the transaction
+        try:
+            txn = self._env.begin(buffers=True)  # values are views of the map, valid in the transaction
+        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            self._env.set_mapsize(0)
+            txn = self._env.begin(buffers=True)
+        with txn:
             return _decode_uniform(_values(txn, ids), len(ids)) or _decode_each(list(_values(txn, ids)))
 
     def _close(self) -> None:
@@ -143,6 +157,8 @@ def _decode_uniform(values: Iterator, count: int) -> tuple[np.ndarray, np.ndarra
     """
     first = next(values)
     dtype, shape, nbytes = _layout(*_header(first)[:3])
+    if len(first) != HEADER.size + nbytes:  # checked before allocating: the header may be forged
+        return None
     headers = np.empty((count, HEADER.size), np.uint8)
     images = np.empty((count, *shape), dtype)
     header_bytes, pixel_bytes = memoryview(headers.reshape(-1)), memoryview(images.reshape(-1).view(np.uint8))
@@ -169,7 +185,7 @@ def _decode_each(values: list) -> tuple[Batch, np.ndarray]:
             code, ndim, dims, labels[position] = _header(value)
             dtype, shape, nbytes = _layout(code, ndim, dims)
             if len(value) != HEADER.size + nbytes:
-                raise ValueError(f"lmdb record of {len(value)} bytes; its header says {HEADER.size + nbytes}")
+                raise DamagedStoreError(f"lmdb record of {len(value)} bytes; its header says {HEADER.size + nbytes}")
             yield np.frombuffer(value, dtype, offset=HEADER.size).reshape(shape)
 
     return stack_or_list(images(), len(values)), labels

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
-from storage._base import NUMERIC_KINDS, Batch, Store, fsync_path, gather_runs, is_consecutive, make_durable
+from storage._base import (
+    NUMERIC_KINDS,
+    Batch,
+    DamagedStoreError,
+    Store,
+    gather_runs,
+    is_consecutive,
+    make_durable,
+    staged_copy,
+    staging_path,
+)
 
 COMMENT = b"imagestore-npz-1"
 MEMBER = re.compile(r"(images|labels)_(\d{8})\.npy")
@@ -28,12 +38,14 @@ class NpzStore(Store):
     name = "npz"
     is_directory = False
 
-    def __init__(self, path: Path, writable: bool, create: bool) -> None:
-        super().__init__(path, writable)
+    def __init__(self, path: Path, writable: bool, create: bool, *, durable: bool = True) -> None:
+        """`durable`: flush each append to disk (fsync) before it returns."""
+        super().__init__(path, writable, durable)
         if create:
             with zipfile.ZipFile(path, "x") as archive:
                 archive.comment = COMMENT
-            make_durable([path], path.parent)
+            if durable:
+                make_durable([path], path.parent)
         self._file = path.open("rb")
         self._map: mmap.mmap | None = None
         self._index()
@@ -42,12 +54,15 @@ class NpzStore(Store):
     def is_store(cls, path: Path) -> bool:
         if not (path.is_file() and zipfile.is_zipfile(path)):
             return False
-        with zipfile.ZipFile(path) as archive:
-            return archive.comment == COMMENT
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return archive.comment == COMMENT
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return False
 
     @classmethod
     def files(cls, path: Path) -> list[Path]:
-        return [path]
+        return [path, *filter(Path.exists, [staging_path(path)])]
 
     def _index(self) -> None:
         """Locate every member's array in the file."""
@@ -62,13 +77,15 @@ class NpzStore(Store):
             }
         count = len(members) // 2
         if sorted(members) != sorted((kind, f"{run:08d}") for kind in ("images", "labels") for run in range(count)):
-            raise ValueError(f"{self.path} does not hold matching images and labels members")
+            raise DamagedStoreError(f"{self.path} does not hold matching images and labels members")
         self._runs = [self._locate(members["images", f"{run:08d}"]) for run in range(count)]
         labels = []
         for run in range(count):
             dtype, shape, offset = self._locate(members["labels", f"{run:08d}"])
             if dtype != np.dtype("<i8") or shape != (self._runs[run][1][0],):
-                raise ValueError(f"{self.path}: labels of run {run} are {dtype} {shape}, not one int64 per image")
+                raise DamagedStoreError(
+                    f"{self.path}: labels of run {run} are {dtype} {shape}, not one int64 per image"
+                )
             labels.append(self._read_bytes(offset, np.empty(shape, dtype)))
         self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
         self._starts = np.cumsum([0] + [shape[0] for _, shape, _ in self._runs])
@@ -77,11 +94,13 @@ class NpzStore(Store):
     def _locate(self, info: zipfile.ZipInfo) -> tuple[np.dtype, tuple[int, ...], int]:
         """dtype, shape and file offset of the array in one stored .npy member."""
         if info.compress_type != zipfile.ZIP_STORED:
-            raise ValueError(f"{self.path}: member {info.filename} is compressed; this store writes stored members")
+            raise DamagedStoreError(
+                f"{self.path}: member {info.filename} is compressed; this store writes stored members"
+            )
         self._file.seek(info.header_offset)
         signature, name_length, extra_length = LOCAL_HEADER.unpack(self._file.read(LOCAL_HEADER.size))
         if signature != b"PK\x03\x04":
-            raise ValueError(f"{self.path}: member {info.filename} has no local header")
+            raise DamagedStoreError(f"{self.path}: member {info.filename} has no local header")
         start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
         self._file.seek(start)
         version = npy.read_magic(self._file)
@@ -89,16 +108,18 @@ class NpzStore(Store):
             self._file
         )
         if fortran_order or dtype.kind not in NUMERIC_KINDS or len(shape) not in (1, 3, 4):
-            raise ValueError(f"{self.path}: member {info.filename} holds a {dtype} array of shape {shape}")
+            raise DamagedStoreError(f"{self.path}: member {info.filename} holds a {dtype} array of shape {shape}")
         offset = self._file.tell()
         if offset - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
-            raise ValueError(f"{self.path}: member {info.filename} is {info.file_size} bytes, not what its header says")
+            raise DamagedStoreError(
+                f"{self.path}: member {info.filename} is {info.file_size} bytes, not what its header says"
+            )
         return dtype, shape, offset
 
     def _read_bytes(self, offset: int, out: np.ndarray) -> np.ndarray:
         self._file.seek(offset)
         if self._file.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
-            raise ValueError(f"{self.path} ends before the data it lists")
+            raise DamagedStoreError(f"{self.path} ends before the data it lists")
         return out
 
     def _count(self) -> int:
@@ -106,14 +127,17 @@ class NpzStore(Store):
 
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
         offset = 0
-        with zipfile.ZipFile(self.path, "a") as archive:
+        # zipfile's append mode overwrites the central directory in place: append to a copy instead
+        with staged_copy(self.path, self.durable) as staging, zipfile.ZipFile(staging, "a") as archive:
             for run, batch in enumerate(batches, len(self._runs)):
                 for kind, array in (("images", batch), ("labels", labels[offset : offset + len(batch)])):
                     with archive.open(f"{kind}_{run:08d}.npy", "w", force_zip64=True) as member:
                         npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(array))
                         member.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # no chunk copies
                 offset += len(batch)
-        fsync_path(self.path)
+        self._close_map()
+        self._file.close()
+        self._file = self.path.open("rb")
         self._index()
 
     def _read_run(self, run: int, local: np.ndarray, out: np.ndarray) -> None:

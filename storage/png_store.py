@@ -1,7 +1,8 @@
 """PNG: one PNG file per image, labels in an index file beside them (the classic "disk" method).
 
-The index is appended only after the PNG files of a batch are on disk, so it is the commit
-record: ``len(store)`` is the number of index records, and a PNG without one is ignored.
+The index is replaced (write a new one, rename it over the old) only after the PNG files of a
+batch are on disk, so it is the commit record: ``len(store)`` is the number of index records,
+and a PNG without one (left by an interrupted append) is ignored and later overwritten.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from storage._base import Batch, Store, fsync_path, make_durable, stack_or_list
+from storage._base import Batch, DamagedStoreError, Store, make_durable, replace_atomically, stack_or_list, staging_path
 
 INDEX = "index.bin"
 MAGIC = b"imagestore-png\x00\x01"  # 16 bytes, then one RECORD per image
@@ -26,20 +27,22 @@ class PngStore(Store):
     holds = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
     is_directory = True
 
-    def __init__(self, path: Path, writable: bool, create: bool, *, compress_level: int = 1) -> None:
-        """`compress_level`: zlib level 0-9 for new PNG files (1 favours speed, 9 size)."""
+    def __init__(
+        self, path: Path, writable: bool, create: bool, *, compress_level: int = 1, durable: bool = True
+    ) -> None:
+        """`compress_level`: zlib level 0-9 for new PNG files (1 favours speed, 9 size);
+        `durable`: flush each append to disk (fsync) before it returns."""
         if not (isinstance(compress_level, int) and 0 <= compress_level <= 9):
             raise ValueError(f"compress_level must be an int from 0 to 9, got {compress_level!r}")
-        super().__init__(path, writable)
+        super().__init__(path, writable, durable)
         self.compress_level = compress_level
         index = path / INDEX
         if create:
             path.mkdir(exist_ok=True)
-            index.write_bytes(MAGIC)
-            make_durable([index], path)
+            replace_atomically(index, MAGIC, durable)
         data = index.read_bytes()
         if not data.startswith(MAGIC) or (len(data) - len(MAGIC)) % RECORD.itemsize:
-            raise ValueError(f"{index} is not a complete png store index")
+            raise DamagedStoreError(f"{index} is not a complete png store index")
         self._records = np.frombuffer(data, RECORD, offset=len(MAGIC))
 
     @classmethod
@@ -53,7 +56,7 @@ class PngStore(Store):
     @classmethod
     def files(cls, path: Path) -> list[Path]:
         images = [Path(entry.path) for entry in os.scandir(path) if IMAGE_NAME.fullmatch(entry.name)]
-        return [path / INDEX, *sorted(images)]
+        return [*filter(Path.exists, [path / INDEX, staging_path(path / INDEX)]), *sorted(images)]
 
     @classmethod
     def accepts(cls, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
@@ -82,11 +85,11 @@ class PngStore(Store):
                 Image.fromarray(image).save(path, format="PNG", compress_level=self.compress_level)
                 written.append(path)
                 image_id += 1
-        make_durable(written, self.path)
-        with (self.path / INDEX).open("ab") as index:
-            index.write(records.tobytes())
-        fsync_path(self.path / INDEX)
-        self._records = np.concatenate([self._records, records])
+        if self.durable:
+            make_durable(written, self.path)
+        records = np.concatenate([self._records, records])
+        replace_atomically(self.path / INDEX, MAGIC + records.tobytes(), self.durable)
+        self._records = records
 
     def _decode(self, image_id: int) -> np.ndarray:
         with Image.open(self._image_path(image_id), formats=("PNG",)) as image:
