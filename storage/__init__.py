@@ -69,6 +69,8 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
     cls = backend(name)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not isinstance(options.get("durable", True), bool):
+        raise TypeError(f"durable must be True or False, got {options['durable']!r}")
     path = Path(path)
     exists = os.path.lexists(path)
     if exists and mode == "x":
@@ -82,7 +84,8 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
         except Exception as error:
             if isinstance(error, (BlockingIOError, MemoryError)) or cls.is_store(path):
                 raise
-            raise ValueError(f"{path} holds {_describe(path)}, not a {name} store") from error
+            damage = f" ({error})" if isinstance(error, DamagedStoreError) else ""
+            raise ValueError(f"{path} holds {_describe(path)}, not a {name} store{damage}") from error
     create = not exists
     if exists and not cls.is_store(path):
         if not (mode in "aw" and cls.is_directory and path.is_dir() and not any(path.iterdir())):

@@ -33,8 +33,10 @@ class DamagedStoreError(ValueError):
     """A store whose format marker is present but whose content is damaged or incomplete."""
 
 
-# What the interface raises on purpose; anything else out of a backend's library is damage.
-INTENDED_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, BlockingIOError, MemoryError)
+# What opening and reading raise on purpose; anything else out of a backend's library (h5py's
+# KeyError for a broken object, say) is damage. Missing ids (KeyError) and bad arguments
+# (TypeError) are reported before a backend touches the store.
+INTENDED_ERRORS = (ValueError, FileNotFoundError, PermissionError, BlockingIOError, MemoryError)
 
 
 @contextmanager

@@ -65,7 +65,7 @@ class Hdf5Store(Store):
         try:
             with h5py.File(path, "r") as file:
                 return file.attrs.get("format") == FORMAT
-        except OSError:  # unreadable: damaged, or locked by a writer
+        except Exception:  # unreadable (h5py raises OSError, KeyError, ...): damaged, or not ours
             return False
 
     @classmethod

@@ -48,19 +48,15 @@ class LmdbStore(Store):
         """`map_size`: the initial size of the memory map in bytes; it grows as needed.
         `durable`: flush each append's transaction to disk (fsync) before it returns."""
         super().__init__(path, writable, durable)
-        self._env = lmdb.open(
-            str(path),
-            map_size=map_size,
-            readonly=not writable,
-            create=create,
-            meminit=False,
-            sync=durable,
-            metasync=durable,
+        if not create:
+            _check_length(path / "data.mdb")
+        self._env = _open_env(
+            path, map_size=map_size, readonly=not writable, create=create, meminit=False, sync=durable, metasync=durable
         )
         if create:
             with self._env.begin(write=True) as txn:
                 txn.put(FORMAT_KEY, FORMAT)
-        with self._env.begin() as txn:
+        with self._begin() as txn:
             found = txn.get(FORMAT_KEY)
             self._length = txn.stat()["entries"] - 1
         if found != FORMAT:
@@ -72,8 +68,9 @@ class LmdbStore(Store):
         if not (path / "data.mdb").is_file():
             return False
         try:
-            env = lmdb.open(str(path), readonly=True, lock=False, create=False)
-        except (lmdb.InvalidError, lmdb.VersionMismatchError):  # not LMDB; "already open in this process" passes up
+            _check_length(path / "data.mdb")
+            env = _open_env(path, readonly=True, lock=False, create=False)
+        except (lmdb.Error, DamagedStoreError):  # not LMDB, or damaged beyond opening
             return False
         try:
             with env.begin() as txn:
@@ -122,17 +119,62 @@ class LmdbStore(Store):
                 self._env.set_mapsize(2 * self._env.info()["map_size"])
         self._length += len(labels)
 
-    def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
+    def _begin(self, **options: bool) -> lmdb.Transaction:
+        """A read transaction, after adopting a map that another process has grown."""
         try:
-            txn = self._env.begin(buffers=True)  # values are views of the map, valid in the transaction
-        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            return self._env.begin(**options)
+        except lmdb.MapResizedError:
             self._env.set_mapsize(0)
-            txn = self._env.begin(buffers=True)
-        with txn:
+            return self._env.begin(**options)
+
+    def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
+        with self._begin(buffers=True) as txn:  # values are views of the map, valid in the transaction
             return _decode_uniform(_values(txn, ids), len(ids)) or _decode_each(list(_values(txn, ids)))
 
     def _close(self) -> None:
         self._env.close()
+
+
+# LMDB's meta page (lmdb/mdb.c, MDB_meta after the 16-byte page header, 64-bit build): magic,
+# version, then the free-page DB record, whose first field holds the page size; the last used
+# page number and the transaction id follow both DB records.
+META = struct.Struct("<II16xI44x48xQQ")
+META_MAGIC = 0xBEEFC0DE
+
+
+def _check_length(data_file: Path) -> None:
+    """DamagedStoreError if `data_file` is shorter than its newest meta page says.
+
+    LMDB maps the file and trusts it: touching a page past the end of a truncated file kills the
+    process with SIGBUS, and py-lmdb touches the root page while opening.
+    """
+    with data_file.open("rb") as file:
+        first = file.read(16 + META.size)
+        if len(first) < 16 + META.size:
+            raise DamagedStoreError(f"{data_file} is too short to be an LMDB file")
+        magic, _, page_size, last_page, txn_id = META.unpack_from(first, 16)
+        newest = [(txn_id, last_page)] if magic == META_MAGIC else []
+        if 16 + META.size <= page_size <= 1 << 16:
+            file.seek(page_size)
+            second = file.read(16 + META.size)
+            if len(second) == 16 + META.size:
+                magic, _, _, other_last_page, other_txn_id = META.unpack_from(second, 16)
+                newest += [(other_txn_id, other_last_page)] if magic == META_MAGIC else []
+    if not newest:
+        raise DamagedStoreError(f"{data_file} has no valid LMDB meta page")
+    needed = (max(newest)[1] + 1) * page_size
+    if data_file.stat().st_size < needed:
+        raise DamagedStoreError(f"{data_file} is {data_file.stat().st_size} bytes; its meta page lists {needed}")
+
+
+def _open_env(path: Path, **options: object) -> lmdb.Environment:
+    """lmdb.open, with py-lmdb's one-handle-per-process rule reported as the usage error it is."""
+    try:
+        return lmdb.open(str(path), **options)
+    except lmdb.Error as error:
+        if "already open" in str(error):  # py-lmdb has no error class of its own for this
+            raise ValueError(f"{path} is already open in this process; py-lmdb allows one handle per store") from error
+        raise
 
 
 def _header(value) -> tuple[bytes, int, tuple[int, int, int], int]:

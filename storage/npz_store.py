@@ -103,10 +103,9 @@ class NpzStore(Store):
             raise DamagedStoreError(f"{self.path}: member {info.filename} has no local header")
         start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
         self._file.seek(start)
-        version = npy.read_magic(self._file)
-        shape, fortran_order, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(
-            self._file
-        )
+        if npy.read_magic(self._file) != (1, 0):  # what this store writes; 2.0 headers give a 4-byte length to forge
+            raise DamagedStoreError(f"{self.path}: member {info.filename} is not a version 1.0 .npy array")
+        shape, fortran_order, dtype = npy.read_array_header_1_0(self._file)
         if fortran_order or dtype.kind not in NUMERIC_KINDS or len(shape) not in (1, 3, 4):
             raise DamagedStoreError(f"{self.path}: member {info.filename} holds a {dtype} array of shape {shape}")
         offset = self._file.tell()

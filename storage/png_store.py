@@ -7,6 +7,7 @@ and a PNG without one (left by an interrupted append) is ignored and later overw
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -92,7 +93,8 @@ class PngStore(Store):
         self._records = records
 
     def _decode(self, image_id: int) -> np.ndarray:
-        with Image.open(self._image_path(image_id), formats=("PNG",)) as image:
+        # decoded from memory: a forged chunk length then cannot make Pillow allocate more than the file
+        with Image.open(io.BytesIO(self._image_path(image_id).read_bytes()), formats=("PNG",)) as image:
             array = np.asarray(image)
         if array.dtype.kind == "i":  # older Pillow opens 16-bit grey as 32-bit "I"
             array = array.astype(np.uint16)
