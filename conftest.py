@@ -30,4 +30,9 @@ def pytest_addoption(parser):
         default="synthetic",
         help="synthetic, cifar10:DIR (CIFAR-10 python batches) or folder:DIR (class-per-folder images)",
     )
+    group.addoption(
+        "--no-fsync",
+        action="store_true",
+        help="store benchmarks open stores with durable=False: no fsync, the page-cache cost only",
+    )
     group.addoption("--store-dir", help="directory for the stores under test (default: pytest's temporary directory)")

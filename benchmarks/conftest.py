@@ -155,12 +155,12 @@ def source(case: Case, store_root: Path) -> tuple[np.ndarray | list, np.ndarray]
         pytest.skip(str(error))
 
 
-def store(backend: str, path: Path, images: np.ndarray | list, labels: np.ndarray) -> None:
-    """Create a store, append everything, close it (durable on disk): what a store benchmark times."""
+def store(backend: str, path: Path, images: np.ndarray | list, labels: np.ndarray, durable: bool = True) -> None:
+    """Create a store, append everything, close it (fsynced when `durable`): what a store benchmark times."""
     if backend == "limit":
-        plain.write(path, plain.pixel_bytes(images))
+        plain.write(path, plain.pixel_bytes(images), durable)
         return
-    with storage.open(backend, path, "x") as new_store:
+    with storage.open(backend, path, "x", durable=durable) as new_store:
         new_store.append(images, labels)
 
 
@@ -187,13 +187,15 @@ def assert_read_back(backend: str, got: tuple, images: np.ndarray | list, labels
     assert np.array_equal(got_labels, labels)
 
 
-def measure_store(benchmark, run_rounds, experiment: str, case: Case, source, fresh_target) -> None:
+def measure_store(benchmark, run_rounds, experiment: str, case: Case, source, fresh_target, durable: bool) -> None:
     """Time `store` from an empty target every round, then record disk usage and check the last store."""
     images, labels = source
     path, setup = fresh_target
-    describe(benchmark, experiment, case, images, durable=True)
+    describe(benchmark, experiment, case, images, durable=durable)
+    if not durable:
+        benchmark.group += " no-fsync"
     payload = plain.pixel_bytes(images) if case.backend == "limit" else images  # flattened outside timing
-    run_rounds(lambda target: store(case.backend, target, payload, labels), setup)
+    run_rounds(lambda target: store(case.backend, target, payload, labels, durable), setup)
     record_disk_usage(benchmark, case, path, raw_bytes(images))
     assert_read_back(case.backend, read_all(case.backend, path, raw_bytes(images)), images, labels)
 
@@ -212,6 +214,12 @@ class BuiltStores:
             store(case.backend, path, images, labels)
             self.built[key] = path
         return self.built[key]
+
+
+@pytest.fixture(scope="session")
+def durable(pytestconfig: pytest.Config) -> bool:
+    """Whether store benchmarks fsync (the default) or, with --no-fsync, measure the page-cache cost only."""
+    return not pytestconfig.getoption("no_fsync")
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,13 @@ def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
     return np.concatenate([np.ascontiguousarray(image).reshape(-1).view(np.uint8) for image in images])
 
 
-def write(path: Path, pixels: np.ndarray) -> None:
-    """Write the bytes to a new file and fsync it, as every store's append does."""
+def write(path: Path, pixels: np.ndarray, durable: bool = True) -> None:
+    """Write the bytes to a new file and (when `durable`, as the stores' appends) fsync it."""
     with path.open("xb") as file:
         file.write(pixels)
         file.flush()
-        os.fsync(file.fileno())
+        if durable:
+            os.fsync(file.fileno())
 
 
 def read(path: Path, nbytes: int) -> np.ndarray:

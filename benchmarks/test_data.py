@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,18 @@ def test_bad_grid_options_are_usage_errors(option, message):
     result = collect("benchmarks/test_read_many.py", option)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr
+
+
+def test_no_fsync_option_is_recorded_in_the_results(tmp_path):
+    command = [
+        *(sys.executable, "-m", "pytest", "--benchmark-only", "-q", "-p", "no:cacheprovider", "--no-fsync"),
+        *("benchmarks/test_store_many.py", "--backends=npz", "--image-counts=5", "--image-sizes=4x4"),
+        *("--benchmark-max-time=0.001", "--benchmark-min-rounds=1", f"--benchmark-json={tmp_path / 'run.json'}"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:]
+    benchmarks = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
+    assert {b["extra_info"]["backend"] for b in benchmarks} == {"npz", "limit"}
+    for benchmark in benchmarks:
+        assert benchmark["extra_info"]["durable"] is False
+        assert benchmark["group"] == "store-many n=5 4x4 no-fsync"

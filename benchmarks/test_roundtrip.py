@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 import storage
 from benchmarks.contract import assert_images_equal, assert_read_equal, store_path
 from benchmarks.strategies import REQUIRED, batches, image_shape, labelled, mixed_images
+from storage import _base
 
 each_backend = pytest.mark.parametrize("backend", storage.available())
 
@@ -110,3 +113,23 @@ def test_equal_size_layouts_roundtrip(backend, tmp_path):
     with storage.open(backend, tmp_path / "store") as store:
         assert_read_equal(store, None, images, [0, 1, 2, 3])
         assert_read_equal(store, [3, 0], [images[3], images[0]], [3, 0])
+
+
+@each_backend
+def test_durable_setting_is_stated_and_can_be_traded_for_speed(backend, tmp_path, monkeypatch):
+    """Appends fsync unless the store is opened with durable=False (LMDB fsyncs in C, out of sight here)."""
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(1, 4, 5, 3)
+    fsyncs = []
+    monkeypatch.setattr(os, "fsync", lambda descriptor: fsyncs.append(descriptor))
+    monkeypatch.setattr(_base, "_syncfs", lambda directory: fsyncs.append(directory) or True)
+    for durable in (True, False):
+        with storage.open(backend, tmp_path / f"store-{durable}", "x", durable=durable) as store:
+            assert store.durable is durable
+            fsyncs.clear()
+            store.append(image, [7])
+            assert bool(fsyncs) == (durable and backend != "lmdb")
+        with storage.open(backend, tmp_path / f"store-{durable}") as store:
+            assert_read_equal(store, None, list(image), [7])
+    with pytest.raises(TypeError, match="durable must be True or False"):
+        storage.open(backend, tmp_path / "store-bad", "x", durable="yes")
+    assert not (tmp_path / "store-bad").exists()
