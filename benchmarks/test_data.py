@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.conftest import PRESETS, Case
+from benchmarks.conftest import PRESETS, Case, grid
 from benchmarks.data import Dataset, cifar10, folder, parse_size, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,19 +123,35 @@ def test_grid_options_choose_the_cells():
     assert ids == sorted(f"{b}-n={n}-8x8" for b in ("npz", "hdf5", "limit") for n in (7, 9))
 
 
+class Options:
+    """Stands in for pytest's config: the grid options as given on the command line."""
+
+    def __init__(self, **given: str) -> None:
+        self.given = {"preset": "default", "dataset": "synthetic", **given}
+
+    def getoption(self, name: str) -> object:
+        return self.given.get(name)
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        ("--backends=tiff", "--backends: tiff not available"),
-        ("--preset=huge", "--preset is one of default, classic, large"),
-        ("--image-sizes=32", "HxW or HxWxC"),
-        ("--dataset=imagenet", "synthetic, cifar10:DIR or folder:DIR"),
+        ({"backends": "tiff"}, "--backends: tiff not available"),
+        ({"preset": "huge"}, "--preset is one of default, classic, large"),
+        ({"image_sizes": "32"}, "HxW or HxWxC"),
+        ({"image_counts": "0"}, "--image-counts must be positive"),
+        ({"dataset": "imagenet"}, "synthetic, cifar10:DIR or folder:DIR"),
     ],
 )
 def test_bad_grid_options_are_usage_errors(option, message):
-    result = collect("benchmarks/test_read_many.py", option)
+    with pytest.raises(pytest.UsageError, match=re.escape(message)):
+        grid(Options(**option))
+
+
+def test_a_bad_option_stops_the_run_before_collection():
+    result = collect("benchmarks/test_read_many.py", "--backends=tiff")
     assert result.returncode == pytest.ExitCode.USAGE_ERROR
-    assert message in result.stderr
+    assert "--backends: tiff not available" in result.stderr
 
 
 def test_no_fsync_option_is_recorded_in_the_results(tmp_path):
