@@ -141,3 +141,29 @@ def test_png_header_claiming_a_huge_image_is_rejected(tmp_path):
     image.write_bytes(bytes(content))
     outcome = run_forked(lambda: open_and_read("png", tmp_path / "store"), headroom=HEADROOM)
     assert outcome.error == "DamagedStoreError", outcome.describe()
+
+
+@pytest.mark.parametrize("backend", storage.available())
+def test_flipped_pixel_byte(backend, tmp_path):
+    """PNG's chunk CRC catches a flipped byte of image data; the raw formats return the byte flipped."""
+    image = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "store"
+    with storage.open(backend, path, "x") as store:
+        store.append(image[np.newaxis], [1])
+    if backend == "png":
+        target = path / "000000000.png"
+        content = bytearray(target.read_bytes())
+        at = content.index(b"IDAT") + 20  # inside the compressed image data
+    else:
+        target = next(f for f in storage.backend(backend).files(path) if image.tobytes() in f.read_bytes())
+        content = bytearray(target.read_bytes())
+        at = content.index(image.tobytes()) + 100
+    content[at] ^= 0x10
+    target.write_bytes(bytes(content))
+    outcome = run_forked(lambda: storage.open(backend, path).read()[0][0].tobytes().hex(), headroom=HEADROOM)
+    if backend == "png":
+        assert outcome.error == "DamagedStoreError", outcome.describe()
+    else:
+        flipped = bytearray(image.tobytes())
+        flipped[100] ^= 0x10
+        assert outcome.result == flipped.hex(), outcome.describe()
