@@ -60,8 +60,6 @@ class Store(ABC):
     is_directory: ClassVar[bool]
 
     def __init__(self, path: Path, writable: bool, durable: bool = True) -> None:
-        if not isinstance(durable, bool):
-            raise TypeError(f"durable must be True or False, got {durable!r}")
         self.path = path
         self.writable = writable
         self.durable = durable  # whether append flushes to disk (fsync) before it returns
@@ -326,14 +324,8 @@ def staging_path(path: Path) -> Path:
 def replace_atomically(path: Path, data: bytes, durable: bool) -> None:
     """Give `path` the content `data` so that a crash or a reader sees the old or the new file, never a mix."""
     staging = staging_path(path)
-    with staging.open("wb") as file:
-        file.write(data)
-        file.flush()
-        if durable:
-            os.fsync(file.fileno())
-    os.replace(staging, path)
-    if durable:
-        fsync_path(path.parent)
+    staging.write_bytes(data)
+    _swap_in(staging, path, durable)
 
 
 @contextmanager
@@ -346,14 +338,19 @@ def staged_copy(path: Path, durable: bool) -> Iterator[Path]:
     shutil.copyfile(path, staging)
     try:
         yield staging
-        if durable:
-            fsync_path(staging)
-        os.replace(staging, path)
-        if durable:
-            fsync_path(path.parent)
+        _swap_in(staging, path, durable)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def _swap_in(staging: Path, path: Path, durable: bool) -> None:
+    """Rename the finished `staging` over `path`: the file is complete on disk before its name is."""
+    if durable:
+        fsync_path(staging)
+    os.replace(staging, path)
+    if durable:
+        fsync_path(path.parent)
 
 
 def fsync_path(path: Path) -> None:
