@@ -26,6 +26,7 @@ PRESETS = {
     "default": ((100, 10_000), ((32, 32, 3),)),
     "classic": ((1, 10, 100, 1_000, 10_000, 100_000), ((32, 32, 3),)),
     "large": ((10, 100, 1_000), ((256, 256, 3), (512, 512, 3))),
+    "smoke": ((20, 300), ((32, 32, 3),)),  # timing off: every benchmark once, as a quick correctness check
 }
 MAX_ROUNDS = 200
 
@@ -64,8 +65,9 @@ class Case:
 
 
 def grid(config: pytest.Config) -> Grid:
+    preset = config.getoption("preset") or ("smoke" if config.getoption("benchmark_disable") else "default")
     try:
-        counts, sizes = PRESETS[config.getoption("preset")]
+        counts, sizes = PRESETS[preset]
     except KeyError:
         raise pytest.UsageError(f"--preset is one of {', '.join(PRESETS)}") from None
     try:

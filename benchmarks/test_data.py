@@ -127,7 +127,7 @@ class Options:
     """Stands in for pytest's config: the grid options as given on the command line."""
 
     def __init__(self, **given: str) -> None:
-        self.given = {"preset": "default", "dataset": "synthetic", **given}
+        self.given = {"preset": "default", "dataset": "synthetic", "benchmark_disable": True, **given}
 
     def getoption(self, name: str) -> object:
         return self.given.get(name)
@@ -137,7 +137,7 @@ class Options:
     ("option", "message"),
     [
         ({"backends": "tiff"}, "--backends: tiff not available"),
-        ({"preset": "huge"}, "--preset is one of default, classic, large"),
+        ({"preset": "huge"}, "--preset is one of default, classic, large, smoke"),
         ({"image_sizes": "32"}, "HxW or HxWxC"),
         ({"image_counts": "0"}, "--image-counts must be positive"),
         ({"dataset": "imagenet"}, "synthetic, cifar10:DIR or folder:DIR"),
@@ -167,3 +167,9 @@ def test_no_fsync_option_is_recorded_in_the_results(tmp_path):
     for benchmark in benchmarks:
         assert benchmark["extra_info"]["durable"] is False
         assert benchmark["group"] == "store-many n=5 4x4 no-fsync"
+
+
+def test_timing_off_defaults_to_the_smoke_grid():
+    assert grid(Options(preset=None)).counts == PRESETS["smoke"][0]
+    assert grid(Options(preset=None, benchmark_disable=False)).counts == PRESETS["default"][0]
+    assert grid(Options(preset="classic")).counts == PRESETS["classic"][0]
