@@ -29,6 +29,7 @@ PRESETS = {
     "smoke": ((20, 300), ((32, 32, 3),)),  # timing off: every benchmark once, as a quick correctness check
 }
 MAX_ROUNDS = 200
+RANDOM_READS = 1000  # ids per round of the random-access benchmarks (fewer when a store holds fewer)
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,11 @@ def describe(benchmark, experiment: str, case: Case, images: np.ndarray | list, 
         raw_pixel_bytes=raw_bytes(images),
         **info,
     )
+
+
+def random_ids(count: int) -> np.ndarray:
+    """The seeded random ids a random-access round reads from a store of `count` images."""
+    return np.random.default_rng(0).choice(count, size=min(RANDOM_READS, count), replace=False)
 
 
 def raw_bytes(images: np.ndarray | list) -> int:

@@ -9,6 +9,7 @@ from the file into the result; nothing is ever unpickled.
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 import zipfile
@@ -116,9 +117,18 @@ class NpzStore(Store):
         return dtype, shape, offset
 
     def _read_bytes(self, offset: int, out: np.ndarray) -> np.ndarray:
-        self._file.seek(offset)
-        if self._file.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
-            raise DamagedStoreError(f"{self.path} ends before the data it lists")
+        """Fill `out` from `offset`; positioned reads (Linux, BSD) leave no shared file position for threads."""
+        target = memoryview(out.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(target):  # one read(2) returns at most about 2 GiB
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._file.fileno(), [target[done:]], offset + done)
+            else:  # macOS, Windows: a shared file position
+                self._file.seek(offset + done)
+                got = self._file.readinto(target[done:])
+            if not got:
+                raise DamagedStoreError(f"{self.path} ends before the data it lists")
+            done += got
         return out
 
     def _count(self) -> int:
