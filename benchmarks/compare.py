@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_SUBSET = [
-    "-k",
-    "read_many or store_many",
+    "benchmarks/test_read_many.py",
+    "benchmarks/test_store_many.py",
     "--image-counts=500",
     "--image-sizes=32x32x3",
     "--benchmark-max-time=0.2",
