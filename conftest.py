@@ -17,8 +17,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("image storage", "image storage benchmark grid")
     group.addoption(
         "--preset",
-        help="named grid: default, classic (1 to 100,000 images of 32x32x3), large (256x256x3 and 512x512x3) or "
-        "smoke (20 and 300 images; the default when timing is off, --benchmark-disable)",
+        help="named grid: default, classic (1 to 100,000 images of 32x32x3), large (256x256x3 and 512x512x3), "
+        "training (the training-read experiments only) or smoke (20 and 300 images, every experiment; the default "
+        "when timing is off, --benchmark-disable)",
     )
     group.addoption("--backends", help="comma-separated backends (default: every one in storage.available())")
     group.addoption("--image-counts", help="comma-separated image counts, e.g. 100,10000 (overrides the preset's)")

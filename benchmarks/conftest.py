@@ -27,7 +27,9 @@ PRESETS = {
     "classic": ((1, 10, 100, 1_000, 10_000, 100_000), ((32, 32, 3),)),
     "large": ((10, 100, 1_000), ((256, 256, 3), (512, 512, 3))),
     "smoke": ((20, 300), ((32, 32, 3),)),  # timing off: every benchmark once, as a quick correctness check
+    "training": ((10_000,), ((32, 32, 3),)),  # the @pytest.mark.training experiments: how training reads
 }
+WITH_TRAINING = ("smoke", "training")  # the presets that run the training experiments
 MAX_ROUNDS = 200
 RANDOM_READS = 1000  # ids per round of the random-access benchmarks (fewer when a store holds fewer)
 
@@ -38,6 +40,7 @@ class Grid:
     counts: tuple[int, ...]
     sizes: tuple[tuple[int, ...] | None, ...]  # None: the dataset's own images (cifar10, folder)
     dataset: Dataset
+    training: bool = False  # run the @pytest.mark.training experiments (and only they, unless smoke)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def grid(config: pytest.Config) -> Grid:
             raise pytest.UsageError(
                 f"--backends: {', '.join(sorted(unknown))} not available; available: {', '.join(storage.available())}"
             )
-    return Grid(backends, counts, sizes, dataset)
+    return Grid(backends, counts, sizes, dataset, training=preset in WITH_TRAINING)
 
 
 GRID = pytest.StashKey[Grid]()
@@ -105,7 +108,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit_row: also run the plain-file floor, as backend 'limit'")
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
     config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
+    config.addinivalue_line("markers", "training: how training reads; runs with --preset=training (and smoke)")
     config.stash[GRID] = grid(config)  # bad options stop the run here, as usage errors
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The training experiments run in their own preset (and in smoke); the training preset runs only them."""
+    preset = config.getoption("preset")
+    if preset == "smoke" or (preset is None and config.getoption("benchmark_disable")):
+        return
+    wanted = preset == "training"
+    kept = [
+        item for item in items if "case" not in item.fixturenames or bool(item.get_closest_marker("training")) == wanted
+    ]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -17,7 +17,10 @@ from benchmarks.cache import CAN_EVICT, evict, resident_fraction
 from benchmarks.conftest import assert_read_back, describe, random_ids, raw_bytes, read_all
 from benchmarks.contract import assert_images_equal
 
-pytestmark = pytest.mark.skipif(not CAN_EVICT, reason="evicting files from the page cache needs Linux")
+pytestmark = [
+    pytest.mark.training,
+    pytest.mark.skipif(not CAN_EVICT, reason="evicting files from the page cache needs Linux"),
+]
 
 
 def store_files(backend: str, path: Path) -> list[Path]:

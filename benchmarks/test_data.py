@@ -137,7 +137,7 @@ class Options:
     ("option", "message"),
     [
         ({"backends": "tiff"}, "--backends: tiff not available"),
-        ({"preset": "huge"}, "--preset is one of default, classic, large, smoke"),
+        ({"preset": "huge"}, "--preset is one of default, classic, large, smoke, training"),
         ({"image_sizes": "32"}, "HxW or HxWxC"),
         ({"image_counts": "0"}, "--image-counts must be positive"),
         ({"dataset": "imagenet"}, "synthetic, cifar10:DIR or folder:DIR"),
@@ -173,3 +173,13 @@ def test_timing_off_defaults_to_the_smoke_grid():
     assert grid(Options(preset=None)).counts == PRESETS["smoke"][0]
     assert grid(Options(preset=None, benchmark_disable=False)).counts == PRESETS["default"][0]
     assert grid(Options(preset="classic")).counts == PRESETS["classic"][0]
+
+
+def test_training_experiments_run_in_their_preset_and_in_smoke():
+    def selected(*options: str) -> set[str]:
+        result = collect("benchmarks/test_grow.py", "benchmarks/test_read_many.py", "--backends=npz", *options)
+        return {line.split("::")[0].split("/")[-1] for line in result.stdout.splitlines() if "::" in line}
+
+    assert selected("--benchmark-only") == {"test_read_many.py"}
+    assert selected("--benchmark-only", "--preset=training") == {"test_grow.py"}
+    assert selected("--benchmark-disable") == {"test_read_many.py", "test_grow.py"}

@@ -19,6 +19,8 @@ import storage
 from benchmarks import plain
 from benchmarks.conftest import assert_read_back, describe, raw_bytes, read_all
 
+pytestmark = pytest.mark.training
+
 
 def append_to_plain_file(path: Path, pixels: np.ndarray, durable: bool) -> None:
     with path.open("ab") as file:

@@ -22,6 +22,8 @@ from benchmarks.conftest import describe
 
 ONE_WORKER: dict[tuple[str, str], float] = {}  # (case, pool) -> median with one worker
 
+pytestmark = pytest.mark.training
+
 
 def digest(images, labels) -> str:
     """A fingerprint of images and labels, to check outside timing what a worker read."""

@@ -17,6 +17,8 @@ import storage
 from benchmarks.conftest import describe, random_ids
 from benchmarks.contract import assert_images_equal
 
+pytestmark = pytest.mark.training
+
 
 def record_rate(benchmark, images_per_round: int) -> None:
     if not benchmark.disabled:
