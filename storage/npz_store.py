@@ -1,8 +1,9 @@
 """npz: a NumPy archive, each uniform run of an append one stored ``.npy`` member.
 
 ``images_00000000.npy`` holds a (n, H, W[, C]) batch and ``labels_00000000.npy`` its int64
-labels. An append adds members at the end of the zip (the archive is never rewritten), and
-``numpy.load`` opens the file as usual. Members are stored uncompressed, so reads go straight
+labels. An append adds members to a copy of the archive and renames it over the store, so a
+crash or a reader sees the old or the new archive, never a half-written one; ``numpy.load``
+opens the file as usual. Members are stored uncompressed, so reads go straight
 from the file into the result; nothing is ever unpickled.
 """
 
