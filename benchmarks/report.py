@@ -113,12 +113,9 @@ def render(runs: list[list[Result]], labels: list[str], out: Path, formats: list
         plt.close(figure)
         return paths
 
-    for size in sorted({r.size for r in results if r.experiment in MANY}):
-        many = [
-            r
-            for r in results
-            if r.size == size and r.experiment in MANY and r.page_cache != "cold" and (r.workers or 1) == 1
-        ]
+    warm_many = [r for r in results if r.experiment in MANY and r.page_cache != "cold" and (r.workers or 1) == 1]
+    for size in sorted({r.size for r in warm_many}):
+        many = [r for r in warm_many if r.size == size]
         written += save(time_figure(many, size), f"time_{size}")
         written += save(read_write_figure(many, size), f"read_write_{size}")
         written += save(throughput_figure(many, size), f"throughput_{size}")
@@ -258,7 +255,7 @@ def parallel_figure(results: list[Result]):
         for r in results
         if r.workers and r.workers > 1 and (key := (r.experiment, r.backend, r.images, r.size)) in single
     ]
-    return ratio_bars(plt, pairs, "speed-up over one worker")
+    return ratio_bars(plt, pairs, "speed-up over one worker", higher_is_better=True)
 
 
 def compare_figure(runs: list[list[Result]], labels: list[str]):
@@ -269,11 +266,11 @@ def compare_figure(runs: list[list[Result]], labels: list[str]):
     return ratio_bars(plt, pairs, f"median of {labels[1]} / median of {labels[0]} (log scale)", log=True)
 
 
-def ratio_bars(plt, pairs: list[tuple[str, float]], title: str, log: bool = False):
+def ratio_bars(plt, pairs: list[tuple[str, float]], title: str, log: bool = False, higher_is_better: bool = False):
     figure, axis = plt.subplots(figsize=(9, 1.2 + 0.28 * max(len(pairs), 1)))
     names = [name for name, _ in pairs]
     ratios = [ratio for _, ratio in pairs]
-    colours = ["tab:red" if ratio > 1 else "tab:green" for ratio in ratios]
+    colours = ["tab:green" if (ratio > 1) == higher_is_better else "tab:red" for ratio in ratios]
     axis.barh(names, [ratio - 1 for ratio in ratios], left=1, color=colours)  # bars grow from 1x
     axis.axvline(1, color="black", linewidth=1)
     if log:

@@ -156,3 +156,11 @@ def test_missing_matplotlib_is_named(saved_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert report.main([str(write(saved_run, tmp_path / "run.json")), "--out", str(tmp_path / "out")]) == 2
     assert "pip install -e '.[report]'" in capsys.readouterr().err
+
+
+def test_a_run_of_parallel_rows_only_gets_no_empty_time_figures(saved_run, tmp_path):
+    run = with_cold_and_parallel_rows(saved_run)
+    run["benchmarks"] = [b for b in run["benchmarks"] if b["extra_info"].get("workers")]
+    saved = str(write(run, tmp_path / "run.json"))
+    assert report.main([saved, "--out", str(tmp_path / "out"), "--formats", "png"]) == 0
+    assert {path.name for path in (tmp_path / "out").iterdir()} == {"parallel.png", "summary.md"}
