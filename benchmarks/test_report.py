@@ -42,18 +42,19 @@ def write(run: dict, path: Path) -> Path:
 
 
 def with_cold_and_parallel_rows(run: dict) -> dict:
-    """The run plus, for every read-many row, a cold-cache row (3x slower) and a 2-worker row (1.8x faster)."""
+    """The run plus, for every read-many row, a cold-cache row (3x slower) and, as test_parallel.py names
+    them, read-many-processes rows with one worker (as fast) and two workers (1.8x faster)."""
     run = copy.deepcopy(run)
     for benchmark in [b for b in run["benchmarks"] if b["extra_info"]["experiment"] == "read-many"]:
-        cold, two = copy.deepcopy(benchmark), copy.deepcopy(benchmark)
+        cold, one, two = copy.deepcopy(benchmark), copy.deepcopy(benchmark), copy.deepcopy(benchmark)
         cold["name"] += "-cold"
         cold["extra_info"]["page_cache"] = "cold"
         cold["stats"]["median"] *= 3
-        two["name"] += "-2-workers"
-        two["extra_info"]["workers"] = 2
+        for row, workers in ((one, 1), (two, 2)):
+            row["name"] += f"-workers={workers}"
+            row["extra_info"].update(experiment="read-many-processes", workers=workers)
         two["stats"]["median"] /= 1.8
-        benchmark["extra_info"]["workers"] = 1
-        run["benchmarks"] += [cold, two]
+        run["benchmarks"] += [cold, one, two]
     return run
 
 
@@ -108,7 +109,7 @@ def test_report_renders_every_figure(rendered):
 def test_summary_numbers_match_the_run(rendered):
     run, out = rendered
     rows = summary_rows((out / "summary.md").read_text())
-    assert len(rows) == len(run["benchmarks"]) == 2 * 2 * 3 * 2  # experiments x counts x backends x (1 + cold/2)
+    assert len(rows) == len(run["benchmarks"]) == 2 * 3 * (2 + 3)  # counts x backends x (2 experiments + 3 more)
     for benchmark in run["benchmarks"]:
         info, median = benchmark["extra_info"], benchmark["stats"]["median"]
         cold = " (cold cache)" if info.get("page_cache") == "cold" else ""
