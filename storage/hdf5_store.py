@@ -10,7 +10,6 @@ processes keep their snapshot, and a crash leaves the last complete version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
@@ -51,8 +50,10 @@ class Hdf5Store(Store):
         if self._file.attrs.get("format") != FORMAT:
             self._file.close()
             raise ValueError(f"{self.path} is an HDF5 file that is no image store")
-        self._runs: list[h5py.Dataset] = []
-        self._index_runs(self._file["images"][name] for name in sorted(self._file["images"]))
+        self._runs: list[h5py.Dataset] = [self._file["images"][name] for name in sorted(self._file["images"])]
+        self._starts = np.cumsum([0] + [len(run) for run in self._runs])
+        self._layouts = [(run.shape[1:], run.dtype) for run in self._runs]
+        self._offsets = [run.id.get_offset() or 0 for run in self._runs]  # where each run's pixels start in the file
         labels = [self._file["labels"][name][()] for name in sorted(self._file["labels"])]
         self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
         if len(self._labels) != self._starts[-1] or any(label.ndim != 1 for label in labels):
@@ -87,13 +88,6 @@ class Hdf5Store(Store):
                     offset += len(batch)
         finally:
             self._open()
-
-    def _index_runs(self, runs: Iterable[h5py.Dataset]) -> None:
-        """Add datasets to the runs, keeping their start ids and layouts at hand."""
-        self._runs.extend(runs)
-        self._starts = np.cumsum([0] + [len(run) for run in self._runs])
-        self._layouts = [(run.shape[1:], run.dtype) for run in self._runs]
-        self._offsets = [run.id.get_offset() or 0 for run in self._runs]
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
         images = gather_runs(

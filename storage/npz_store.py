@@ -145,7 +145,6 @@ class NpzStore(Store):
                         npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(array))
                         member.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # no chunk copies
                 offset += len(batch)
-        self._close_map()
         self._file.close()
         self._file = self.path.open("rb")
         self._index()
