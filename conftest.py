@@ -18,10 +18,15 @@ def pytest_addoption(parser):
     group.addoption(
         "--preset",
         help="named grid: default, classic (1 to 100,000 images of 32x32x3), large (256x256x3 and 512x512x3), "
-        "training (the training-read experiments only) or smoke (20 and 300 images, every experiment; the default "
-        "when timing is off, --benchmark-disable)",
+        "training (the training-read experiments only), variants (1,000 images of 32x32x3 and 256x256x3, every "
+        "backend and variant) or smoke (20 and 300 images, every experiment; the default when timing is off, "
+        "--benchmark-disable)",
     )
-    group.addoption("--backends", help="comma-separated backends (default: every one in storage.available())")
+    group.addoption(
+        "--backends",
+        help="comma-separated backends and variants, e.g. lmdb,lmdb-png (default: every backend; with "
+        "--preset=variants, every variant too)",
+    )
     group.addoption("--image-counts", help="comma-separated image counts, e.g. 100,10000 (overrides the preset's)")
     group.addoption(
         "--image-sizes", help="comma-separated HxWxC or HxW sizes, e.g. 32x32x3,64x64 (overrides the preset's)"

@@ -28,6 +28,7 @@ PRESETS = {
     "large": ((10, 100, 1_000), ((256, 256, 3), (512, 512, 3))),
     "smoke": ((20, 300), ((32, 32, 3),)),  # timing off: every benchmark once, as a quick correctness check
     "training": ((10_000,), ((32, 32, 3),)),  # the @pytest.mark.training experiments: how training reads
+    "variants": ((1_000,), ((32, 32, 3), (256, 256, 3))),  # every backend next to its variants (storage.VARIANTS)
 }
 WITH_TRAINING = ("smoke", "training")  # the presets that run the training experiments
 MAX_ROUNDS = 200
@@ -90,7 +91,7 @@ def grid(config: pytest.Config) -> Grid:
                 "--image-sizes applies to the synthetic dataset; cifar10 and folder keep their own sizes"
             )
         sizes = (None,)
-    backends = storage.available()
+    backends = storage.available(variants=preset == "variants")
     if config.getoption("backends"):
         backends = tuple(config.getoption("backends").split(","))
         unknown = set(backends) - set(storage.available())

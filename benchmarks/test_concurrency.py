@@ -57,7 +57,8 @@ def read_until(backend: str, path, done) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("backend", storage.available())
+# every backend; its variants change how pixels are encoded, not how an append commits
+@pytest.mark.parametrize("backend", storage.available(variants=False))
 def test_readers_see_a_consistent_prefix_while_a_writer_appends(backend, tmp_path):
     path, done = tmp_path / "store", tmp_path / "writer-done"
     with storage.open(backend, path, "x") as store:

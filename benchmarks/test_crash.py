@@ -71,7 +71,8 @@ def new_store(backend: str, path) -> None:
         store.append(*batch(0))
 
 
-@pytest.mark.parametrize("backend", storage.available())
+# every backend; its variants change how pixels are encoded, not how an append commits
+@pytest.mark.parametrize("backend", storage.available(variants=False))
 def test_killed_append_leaves_the_completed_appends(backend, tmp_path):
     new_store(backend, tmp_path / "timing")
     started = time.perf_counter()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import storage
 from benchmarks.conftest import PRESETS, Case, grid
 from benchmarks.data import Dataset, cifar10, folder, parse_size, synthetic
 
@@ -137,7 +138,7 @@ class Options:
     ("option", "message"),
     [
         ({"backends": "tiff"}, "--backends: tiff not available"),
-        ({"preset": "huge"}, "--preset is one of default, classic, large, smoke, training"),
+        ({"preset": "huge"}, "--preset is one of default, classic, large, smoke, training, variants"),
         ({"image_sizes": "32"}, "HxW or HxWxC"),
         ({"image_counts": "0"}, "--image-counts must be positive"),
         ({"dataset": "imagenet"}, "synthetic, cifar10:DIR or folder:DIR"),
@@ -167,6 +168,13 @@ def test_no_fsync_option_is_recorded_in_the_results(tmp_path):
     for benchmark in benchmarks:
         assert benchmark["extra_info"]["durable"] is False
         assert benchmark["group"] == "store-many n=5 4x4 no-fsync"
+
+
+def test_variants_run_in_their_preset_or_when_named():
+    assert grid(Options()).backends == storage.available(variants=False)
+    assert grid(Options(preset="variants")).backends == storage.available()
+    assert set(storage.VARIANTS) <= set(grid(Options(preset="variants")).backends)
+    assert grid(Options(backends="lmdb,lmdb-pickle")).backends == ("lmdb", "lmdb-pickle")
 
 
 def test_timing_off_defaults_to_the_smoke_grid():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from storage._base import DamagedStoreError, Store, damage_reported
 
-__all__ = ["DamagedStoreError", "Store", "available", "open"]
+__all__ = ["DamagedStoreError", "Store", "available", "family", "open"]
 
 # name -> "module:class"; a backend is listed only when its module (and so its library) imports.
 REGISTRY = {
@@ -24,6 +24,17 @@ REGISTRY = {
     "lmdb": "storage.lmdb_store:LmdbStore",
     "hdf5": "storage.hdf5_store:Hdf5Store",
     "npz": "storage.npz_store:NpzStore",
+}
+# name -> (backend, write options): the same format written another way, benchmarked as its own row.
+VARIANTS = {
+    "png-level6": ("png", {"compress_level": 6}),  # Pillow's default level, which the classic tutorial used
+    "png-level9": ("png", {"compress_level": 9}),
+    "lmdb-png": ("lmdb", {"encoding": "png"}),
+    "lmdb-pickle": ("lmdb", {"encoding": "pickle"}),
+    "hdf5-png": ("hdf5", {"encoding": "png"}),
+    "hdf5-lzf": ("hdf5", {"compression": "lzf"}),
+    "hdf5-gzip": ("hdf5", {"compression": "gzip"}),
+    "npz-deflate": ("npz", {"compression": "deflate"}),
 }
 MODES = ("r", "a", "w", "x")
 
@@ -38,12 +49,20 @@ def _backends() -> dict[str, type[Store]]:
         except ImportError:
             continue
         found[name] = getattr(module, class_name)
+    for name, (base, options) in VARIANTS.items():
+        if base in found:
+            found[name] = found[base].variant(name, options)
     return found
 
 
-def available() -> tuple[str, ...]:
-    """Names of the backends whose libraries import, in registry order."""
-    return tuple(_backends())
+def available(variants: bool = True) -> tuple[str, ...]:
+    """Names of the backends (and their variants) whose libraries import, in registry order."""
+    return tuple(name for name in _backends() if variants or name in REGISTRY)
+
+
+def family(name: str) -> str:
+    """The backend whose format a backend or variant writes: ``family("lmdb-png") == "lmdb"``."""
+    return VARIANTS[name][0] if name in VARIANTS else name
 
 
 def backend(name: str) -> type[Store]:
@@ -56,7 +75,7 @@ def backend(name: str) -> type[Store]:
 
 def detect(path: str | os.PathLike) -> str | None:
     """Name of the backend whose store is at `path`, or None."""
-    return next((name for name, cls in _backends().items() if cls.is_store(Path(path))), None)
+    return next((name for name in available(variants=False) if backend(name).is_store(Path(path))), None)
 
 
 def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object) -> Store:
@@ -64,13 +83,17 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
 
     Modes: "r" read-only (must exist), "a" read/append (create if missing), "w" create or
     replace a store of the same backend, "x" create (FileExistsError if `path` exists).
-    `options` are the backend's keyword options (for example ``map_size`` for lmdb).
+    `options` are the backend's keyword options (for example ``map_size`` for lmdb); they add to
+    and override a variant's own.
     """
     cls = backend(name)
+    if options.keys() - {"durable"}:  # write options: checks of what the store accepts must see them
+        cls = cls.variant(name, {key: value for key, value in options.items() if key != "durable"})
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if not isinstance(options.get("durable", True), bool):
-        raise TypeError(f"durable must be True or False, got {options['durable']!r}")
+    durable = options.get("durable", True)
+    if not isinstance(durable, bool):
+        raise TypeError(f"durable must be True or False, got {durable!r}")
     path = Path(path)
     exists = os.path.lexists(path)
     if exists and mode == "x":
@@ -80,7 +103,7 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
     if exists and mode == "r":  # a read-only open changes nothing, so let the backend check the format itself
         try:
             with damage_reported(path, name):
-                return cls(path, writable=False, create=False, **options)
+                return cls(path, writable=False, create=False, durable=durable, **cls.options)
         except Exception as error:
             if isinstance(error, (BlockingIOError, MemoryError)) or cls.is_store(path):
                 raise
@@ -95,7 +118,7 @@ def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object)
         _remove(cls, path)
         create = True
     with damage_reported(path, name):
-        return cls(path, writable=mode != "r", create=create, **options)
+        return cls(path, writable=mode != "r", create=create, durable=durable, **cls.options)
 
 
 def _describe(path: Path) -> str:

@@ -8,9 +8,10 @@ import os
 import shutil
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar, Union
 
 import numpy as np
@@ -22,11 +23,26 @@ Batch = Union[np.ndarray, list]
 INT64 = np.iinfo(np.int64)
 NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex: fixed-size numbers
 PAGE = 4096
+# A compressed image expands at most this much when decoded (deflate: 1032:1; lzf less): a stored
+# size beyond it is forged, and is refused before anything of that size is allocated.
+MAX_EXPANSION = 1100
 # Distance (mod PAGE) of a read buffer past its file offset. Kernels copy page-cache pages with
 # `rep movsb`, which on some AMD CPUs runs about 3x slower when the destination lies a few bytes
 # past the source modulo a page (glibc bug 30994); a fresh large NumPy array sits 16 bytes past
 # a page boundary, so reading a page-aligned file offset into it hits exactly that case.
 COPY_SKEW = 256
+
+
+PNG_HOLDS = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
+
+
+def png_accepts(dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """Whether PNG holds an image of this dtype and shape bit-exactly."""
+    if dtype.kind != "u":
+        return False
+    if dtype.itemsize == 1:
+        return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
+    return dtype.itemsize == 2 and len(shape) == 2
 
 
 class DamagedStoreError(ValueError):
@@ -58,6 +74,19 @@ class Store(ABC):
     name: ClassVar[str]
     holds: ClassVar[str] = "2-D or 3-D (H, W, C) images of any fixed-size numeric dtype"
     is_directory: ClassVar[bool]
+    options: ClassVar[Mapping[str, object]] = MappingProxyType({})  # the write options of a variant
+    base: ClassVar[type[Store] | None] = None  # the backend a variant is made from
+
+    @classmethod
+    def variant(cls, name: str, options: Mapping[str, object]) -> type[Store]:
+        """This backend under another name, writing new images with `options` (see ``storage.VARIANTS``).
+
+        Stores are the same format whatever their options, so any name of a backend reads them.
+        """
+        base = cls.base or cls
+        options = MappingProxyType({**cls.options, **options})
+        holds = f"{PNG_HOLDS} (encoding='png')" if options.get("encoding") == "png" else base.holds
+        return type(base.__name__, (base,), {"name": name, "options": options, "base": base, "holds": holds})
 
     def __init__(self, path: Path, writable: bool, durable: bool = True) -> None:
         self.path = path
@@ -80,6 +109,8 @@ class Store(ABC):
     @classmethod
     def accepts(cls, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
         """Whether one image of this dtype and shape (H, W[, C]) can be stored bit-exactly."""
+        if cls.options.get("encoding") == "png":
+            return png_accepts(dtype, shape)
         return dtype.kind in NUMERIC_KINDS and len(shape) in (2, 3)
 
     @abstractmethod

@@ -1,14 +1,22 @@
-"""LMDB: one record per image, a fixed binary header (dtype, shape, label) and the raw pixels.
+"""LMDB: one record per image, a fixed binary header (dtype, shape, encoding, label) and the pixels.
 
 Keys are ``b"i"`` and the big-endian id, so key order is id order (after the format key)
-and a cursor reads a range in one pass.
-Nothing is pickled. The memory map grows before (and, if needed, during) an append, so a
-store created with a tiny ``map_size`` never fails with ``MapFullError``.
+and a cursor reads a range in one pass. The memory map grows before (and, if needed, during)
+an append, so a store created with a tiny ``map_size`` never fails with ``MapFullError``.
+
+``encoding`` says how new records hold their pixels: ``"raw"`` bytes (the default), a PNG
+file (``"png"``: smaller records, a decode per read), or ``"pickle"``: the header and raw
+pixels as a pickled tuple, the layout tutorials teach. Pickled records are read by checking
+them byte for byte against the frame this module writes and taking the two byte strings out
+of it (the frame's layout comes from ``pickletools.genops``, which parses without executing);
+stored data is never unpickled.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
+import pickletools
 import struct
 from collections.abc import Iterator
 from functools import lru_cache
@@ -18,10 +26,15 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from storage import _png
 from storage._base import NUMERIC_KINDS, Batch, DamagedStoreError, Store, is_consecutive, stack_or_list
 
-HEADER = struct.Struct("<4sB3x3Iq")  # dtype code, ndim, padding, shape (unused dims 0), label
-LAYOUT_BYTES = HEADER.size - 8  # everything before the label: equal for images of one dtype and shape
+HEADER = struct.Struct("<4sBB2x3Iq")  # dtype code, ndim, encoding, padding, shape (unused dims 0), label
+LAYOUT_BYTES = HEADER.size - 8  # everything before the label: equal for images of one layout and encoding
+ENCODINGS = ("raw", "png", "pickle")  # the header's encoding byte is the position here
+RAW, PNG, PICKLE = range(3)
+PICKLE_PROTOCOL = 5
+PICKLE_START = b"\x80\x05"  # a record that starts so is a pickle frame; other records start with a dtype code
 KEY = struct.Struct(">cQ")  # b"i", id
 FORMAT_KEY, FORMAT = b"format", b"imagestore-lmdb-1"  # sorts before every id key
 MIB = 1 << 20
@@ -44,10 +57,23 @@ class LmdbStore(Store):
     name = "lmdb"
     is_directory = True
 
-    def __init__(self, path: Path, writable: bool, create: bool, *, map_size: int = MIB, durable: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writable: bool,
+        create: bool,
+        *,
+        map_size: int = MIB,
+        encoding: str = "raw",
+        durable: bool = True,
+    ) -> None:
         """`map_size`: the initial size of the memory map in bytes; it grows as needed.
+        `encoding`: how new records hold pixels, "raw", "png" or "pickle" (any store reads all three).
         `durable`: flush each append's transaction to disk (fsync) before it returns."""
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
         super().__init__(path, writable, durable)
+        self.encoding = ENCODINGS.index(encoding)
         if not create:
             _check_length(path / "data.mdb")
         self._env = _open_env(
@@ -91,8 +117,14 @@ class LmdbStore(Store):
             code = batch.dtype.str.encode("ascii")
             dims = (*batch.shape[1:], 0, 0)[:3]
             for image in batch:
-                header = HEADER.pack(code, batch.ndim - 1, *dims, labels[image_id - self._length])
-                yield KEY.pack(b"i", image_id), header + image.tobytes()
+                header = HEADER.pack(code, batch.ndim - 1, self.encoding, *dims, labels[image_id - self._length])
+                if self.encoding == PNG:
+                    value = header + _png.encode(image, _png.DEFAULT_LEVEL)
+                elif self.encoding == PICKLE:
+                    value = pickle.dumps((header, image.tobytes()), protocol=PICKLE_PROTOCOL)
+                else:
+                    value = header + image.tobytes()
+                yield KEY.pack(b"i", image_id), value
                 image_id += 1
 
     def _reserve(self, batches: list[np.ndarray]) -> None:
@@ -101,7 +133,7 @@ class LmdbStore(Store):
         info = self._env.info()
         needed = (info["last_pgno"] + 2) * page
         for batch in batches:
-            record = HEADER.size + batch[0].nbytes + KEY.size + 16
+            record = HEADER.size + batch[0].nbytes + KEY.size + 80  # room for a pickle frame or PNG chunks
             needed += len(batch) * (math.ceil(record / page) * page if record > page // 2 else 2 * record)
         if needed > info["map_size"]:
             self._env.set_mapsize(math.ceil(needed * 1.5 / MIB) * MIB)
@@ -177,9 +209,47 @@ def _open_env(path: Path, **options: object) -> lmdb.Environment:
         raise
 
 
-def _header(value) -> tuple[bytes, int, tuple[int, int, int], int]:
-    code, ndim, *dims, label = HEADER.unpack_from(value)
-    return code, ndim, tuple(dims), label
+def _header(value) -> tuple[bytes, int, int, tuple[int, int, int], int]:
+    code, ndim, encoding, *dims, label = HEADER.unpack_from(value)
+    return code, ndim, encoding, tuple(dims), label
+
+
+@lru_cache(maxsize=64)
+def _pickle_frame(pixel_bytes: int) -> tuple[bytes, slice, slice]:
+    """The pickled record this module writes for `pixel_bytes` of pixels, and where its header and pixels lie."""
+    frame = pickle.dumps((bytes(HEADER.size), bytes(pixel_bytes)), protocol=PICKLE_PROTOCOL)
+    operations = list(pickletools.genops(frame))
+    spans = [
+        slice(following[2] - len(argument), following[2])
+        for (opcode, argument, _), following in zip(operations, operations[1:])
+        if opcode.name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8")
+    ]
+    return frame, spans[0], spans[1]
+
+
+HEADER_IN_PICKLE = _pickle_frame(0)[1]  # at the same place whatever the size of the pixels
+
+
+def _split(value) -> tuple[tuple[bytes, int, int, tuple[int, int, int], int], memoryview]:
+    """The header fields and the pixel bytes of a record of any encoding; DamagedStoreError for a foreign one."""
+    if value[: len(PICKLE_START)] != PICKLE_START:
+        fields = _header(value)
+        if fields[2] not in (RAW, PNG):
+            raise DamagedStoreError(f"lmdb record with encoding byte {fields[2]} outside a pickle frame")
+        return fields, value[HEADER.size :]
+    foreign = DamagedStoreError("lmdb record is a pickle frame this store did not write")
+    try:
+        fields = _header(value[HEADER_IN_PICKLE])
+        pixel_bytes = _layout(fields[0], fields[1], fields[3])[2]
+    except (struct.error, DamagedStoreError):
+        raise foreign from None
+    if fields[2] != PICKLE or len(value) < pixel_bytes:  # checked before a frame of that size is made
+        raise foreign
+    frame, header, pixels = _pickle_frame(pixel_bytes)
+    framing = ((0, header.start), (header.stop, pixels.start), (pixels.stop, len(frame)))
+    if len(value) != len(frame) or any(value[start:stop] != frame[start:stop] for start, stop in framing):
+        raise foreign
+    return fields, value[pixels]
 
 
 def _values(txn: lmdb.Transaction, ids: np.ndarray) -> Iterator:
@@ -198,7 +268,10 @@ def _decode_uniform(values: Iterator, count: int) -> tuple[np.ndarray, np.ndarra
     trigger the garbage collector over and over: 3x slower at 100,000 records).
     """
     first = next(values)
-    dtype, shape, nbytes = _layout(*_header(first)[:3])
+    if first[: len(PICKLE_START)] == PICKLE_START or _header(first)[2] != RAW:
+        return None
+    code, ndim, _, dims, _ = _header(first)
+    dtype, shape, nbytes = _layout(code, ndim, dims)
     if len(first) != HEADER.size + nbytes:  # checked before allocating: the header may be forged
         return None
     headers = np.empty((count, HEADER.size), np.uint8)
@@ -224,10 +297,13 @@ def _decode_each(values: list) -> tuple[Batch, np.ndarray]:
 
     def images():
         for position, value in enumerate(values):
-            code, ndim, dims, labels[position] = _header(value)
+            (code, ndim, encoding, dims, labels[position]), pixels = _split(value)
             dtype, shape, nbytes = _layout(code, ndim, dims)
-            if len(value) != HEADER.size + nbytes:
-                raise DamagedStoreError(f"lmdb record of {len(value)} bytes; its header says {HEADER.size + nbytes}")
-            yield np.frombuffer(value, dtype, offset=HEADER.size).reshape(shape)
+            if encoding == PNG:
+                yield _png.decode_as(pixels, shape, dtype)
+                continue
+            if len(pixels) != nbytes:
+                raise DamagedStoreError(f"lmdb record with {len(pixels)} bytes of pixels; its header says {nbytes}")
+            yield np.frombuffer(pixels, dtype).reshape(shape)
 
     return stack_or_list(images(), len(values)), labels

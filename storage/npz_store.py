@@ -3,8 +3,10 @@
 ``images_00000000.npy`` holds a (n, H, W[, C]) batch and ``labels_00000000.npy`` its int64
 labels. An append adds members to a copy of the archive and renames it over the store, so a
 crash or a reader sees the old or the new archive, never a half-written one; ``numpy.load``
-opens the file as usual. Members are stored uncompressed, so reads go straight
-from the file into the result; nothing is ever unpickled.
+opens the file as usual. Members are stored uncompressed by default, so reads go straight
+from the file into the result; with ``compression="deflate"`` new members are deflated (the
+layout of ``numpy.savez_compressed``) and a read inflates each member it needs from its start.
+Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import re
 import struct
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy
 
 from storage._base import (
+    MAX_EXPANSION,
     NUMERIC_KINDS,
     Batch,
     DamagedStoreError,
@@ -34,15 +38,33 @@ from storage._base import (
 COMMENT = b"imagestore-npz-1"
 MEMBER = re.compile(r"(images|labels)_(\d{8})\.npy")
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+PAGE_OF_HEADERS = 4096  # a deflated member may hold this much more than MAX_EXPANSION allows its pixels
+COMPRESSIONS = {None: zipfile.ZIP_STORED, "deflate": zipfile.ZIP_DEFLATED}
+
+
+class Member(NamedTuple):
+    """One .npy member: its array's dtype and shape, and where the array's bytes start."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int | None  # in the archive file, for a stored member; None for a deflated one
+    info: zipfile.ZipInfo
+    header_bytes: int  # the .npy header before the array, inside the member
 
 
 class NpzStore(Store):
     name = "npz"
     is_directory = False
 
-    def __init__(self, path: Path, writable: bool, create: bool, *, durable: bool = True) -> None:
-        """`durable`: flush each append to disk (fsync) before it returns."""
+    def __init__(
+        self, path: Path, writable: bool, create: bool, *, compression: str | None = None, durable: bool = True
+    ) -> None:
+        """`compression`: None (stored members) or "deflate" for new members (any store reads both).
+        `durable`: flush each append to disk (fsync) before it returns."""
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be None or deflate; got {compression!r}")
         super().__init__(path, writable, durable)
+        self.compression = compression
         if create:
             with zipfile.ZipFile(path, "x") as archive:
                 archive.comment = COMMENT
@@ -50,6 +72,7 @@ class NpzStore(Store):
                 make_durable([path], path.parent)
         self._file = path.open("rb")
         self._map: mmap.mmap | None = None
+        self._archive: zipfile.ZipFile | None = None
         self._index()
 
     @classmethod
@@ -69,53 +92,82 @@ class NpzStore(Store):
     def _index(self) -> None:
         """Locate every member's array in the file."""
         self._close_map()
-        with zipfile.ZipFile(self._file) as archive:
-            if archive.comment != COMMENT:
-                raise ValueError(f"{self.path} is a zip archive that is no npz image store")
-            members = {
-                MEMBER.fullmatch(info.filename).groups(): info
-                for info in archive.infolist()
-                if MEMBER.fullmatch(info.filename)
-            }
+        if self._archive is not None:
+            self._archive.close()
+        self._archive = zipfile.ZipFile(self._file)  # kept open to inflate deflated members
+        if self._archive.comment != COMMENT:
+            raise ValueError(f"{self.path} is a zip archive that is no npz image store")
+        members = {
+            MEMBER.fullmatch(info.filename).groups(): info
+            for info in self._archive.infolist()
+            if MEMBER.fullmatch(info.filename)
+        }
         count = len(members) // 2
         if sorted(members) != sorted((kind, f"{run:08d}") for kind in ("images", "labels") for run in range(count)):
             raise DamagedStoreError(f"{self.path} does not hold matching images and labels members")
         self._runs = [self._locate(members["images", f"{run:08d}"]) for run in range(count)]
         labels = []
         for run in range(count):
-            dtype, shape, offset = self._locate(members["labels", f"{run:08d}"])
-            if dtype != np.dtype("<i8") or shape != (self._runs[run][1][0],):
+            member = self._locate(members["labels", f"{run:08d}"])
+            if member.dtype != np.dtype("<i8") or member.shape != (self._runs[run].shape[0],):
                 raise DamagedStoreError(
-                    f"{self.path}: labels of run {run} are {dtype} {shape}, not one int64 per image"
+                    f"{self.path}: labels of run {run} are {member.dtype} {member.shape}, not one int64 per image"
                 )
-            labels.append(self._read_bytes(offset, np.empty(shape, dtype)))
+            labels.append(self._fill(member, np.empty(member.shape, member.dtype)))
         self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
-        self._starts = np.cumsum([0] + [shape[0] for _, shape, _ in self._runs])
-        self._layouts = [(shape[1:], dtype) for dtype, shape, _ in self._runs]
+        self._starts = np.cumsum([0] + [member.shape[0] for member in self._runs])
+        self._layouts = [(member.shape[1:], member.dtype) for member in self._runs]
 
-    def _locate(self, info: zipfile.ZipInfo) -> tuple[np.dtype, tuple[int, ...], int]:
-        """dtype, shape and file offset of the array in one stored .npy member."""
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise DamagedStoreError(
-                f"{self.path}: member {info.filename} is compressed; this store writes stored members"
-            )
-        self._file.seek(info.header_offset)
-        signature, name_length, extra_length = LOCAL_HEADER.unpack(self._file.read(LOCAL_HEADER.size))
-        if signature != b"PK\x03\x04":
-            raise DamagedStoreError(f"{self.path}: member {info.filename} has no local header")
-        start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
-        self._file.seek(start)
-        if npy.read_magic(self._file) != (1, 0):  # what this store writes; 2.0 headers give a 4-byte length to forge
+    def _locate(self, info: zipfile.ZipInfo) -> Member:
+        """Where the array of one stored or deflated .npy member is, and its dtype and shape."""
+        if info.compress_type == zipfile.ZIP_STORED:
+            self._file.seek(info.header_offset)
+            signature, name_length, extra_length = LOCAL_HEADER.unpack(self._file.read(LOCAL_HEADER.size))
+            if signature != b"PK\x03\x04":
+                raise DamagedStoreError(f"{self.path}: member {info.filename} has no local header")
+            start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
+            self._file.seek(start)
+            dtype, shape, header_bytes = self._npy_header(info, self._file)
+            return Member(dtype, shape, start + header_bytes, info, header_bytes)
+        size = self.path.stat().st_size
+        if info.compress_type != zipfile.ZIP_DEFLATED or not info.compress_size <= size:
+            raise DamagedStoreError(f"{self.path}: member {info.filename} is neither stored nor deflated here")
+        if info.file_size > MAX_EXPANSION * info.compress_size + PAGE_OF_HEADERS:  # checked before inflating
+            raise DamagedStoreError(f"{self.path}: member {info.filename} lists {info.file_size} bytes inflated")
+        with self._archive.open(info) as stream:
+            dtype, shape, header_bytes = self._npy_header(info, stream)
+        return Member(dtype, shape, None, info, header_bytes)
+
+    def _npy_header(self, info: zipfile.ZipInfo, stream) -> tuple[np.dtype, tuple[int, ...], int]:
+        """dtype, shape and header length of the .npy array that `stream` is at the start of."""
+        start = stream.tell()
+        if npy.read_magic(stream) != (1, 0):  # what this store writes; 2.0 headers give a 4-byte length to forge
             raise DamagedStoreError(f"{self.path}: member {info.filename} is not a version 1.0 .npy array")
-        shape, fortran_order, dtype = npy.read_array_header_1_0(self._file)
+        shape, fortran_order, dtype = npy.read_array_header_1_0(stream)
         if fortran_order or dtype.kind not in NUMERIC_KINDS or len(shape) not in (1, 3, 4):
             raise DamagedStoreError(f"{self.path}: member {info.filename} holds a {dtype} array of shape {shape}")
-        offset = self._file.tell()
-        if offset - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+        header_bytes = stream.tell() - start
+        if header_bytes + int(np.prod(shape)) * dtype.itemsize != info.file_size:
             raise DamagedStoreError(
                 f"{self.path}: member {info.filename} is {info.file_size} bytes, not what its header says"
             )
-        return dtype, shape, offset
+        return dtype, shape, header_bytes
+
+    def _fill(self, member: Member, out: np.ndarray, first: int = 0) -> np.ndarray:
+        """Fill `out` with the member's items from item `first` on."""
+        start = first * out[0].nbytes if len(out) else 0
+        if member.offset is not None:
+            return self._read_bytes(member.offset + start, out)
+        target = memoryview(out.reshape(-1).view(np.uint8))
+        with self._archive.open(member.info) as stream:
+            stream.seek(member.header_bytes + start)  # inflates and drops what comes before
+            done = 0
+            while done < len(target):
+                got = stream.readinto(target[done:])
+                if not got:
+                    raise DamagedStoreError(f"{self.path}: member {member.info.filename} ends early")
+                done += got
+        return out
 
     def _read_bytes(self, offset: int, out: np.ndarray) -> np.ndarray:
         """Fill `out` from `offset`; positioned reads (Linux, BSD) leave no shared file position for threads."""
@@ -137,8 +189,9 @@ class NpzStore(Store):
 
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
         offset = 0
+        compression = COMPRESSIONS[self.compression]
         # zipfile's append mode overwrites the central directory in place: append to a copy instead
-        with staged_copy(self.path, self.durable) as staging, zipfile.ZipFile(staging, "a") as archive:
+        with staged_copy(self.path, self.durable) as staging, zipfile.ZipFile(staging, "a", compression) as archive:
             for run, batch in enumerate(batches, len(self._runs)):
                 for kind, array in (("images", batch), ("labels", labels[offset : offset + len(batch)])):
                     with archive.open(f"{kind}_{run:08d}.npy", "w", force_zip64=True) as member:
@@ -150,10 +203,14 @@ class NpzStore(Store):
         self._index()
 
     def _read_run(self, run: int, local: np.ndarray, out: np.ndarray) -> None:
-        dtype, shape, offset = self._runs[run]
-        image_bytes = out[0].nbytes
+        member = self._runs[run]
+        dtype, shape, offset = member.dtype, member.shape, member.offset
         if is_consecutive(local):
-            self._read_bytes(offset + int(local[0]) * image_bytes, out)
+            self._fill(member, out, int(local[0]))
+            return
+        if offset is None:  # deflated: inflate up to the last id needed, then pick
+            block = self._fill(member, np.empty((int(local.max()) + 1, *shape[1:]), dtype))
+            np.take(block, local, axis=0, out=out)
             return
         if self._map is None:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -161,7 +218,7 @@ class NpzStore(Store):
         np.take(run_array, local, axis=0, out=out)
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        offsets = [offset for _, _, offset in self._runs]
+        offsets = [member.offset or 0 for member in self._runs]
         return gather_runs(ids, self._starts, self._layouts, self._read_run, offsets), self._labels[ids]
 
     def _close_map(self) -> None:
@@ -171,4 +228,5 @@ class NpzStore(Store):
 
     def _close(self) -> None:
         self._close_map()
+        self._archive.close()
         self._file.close()

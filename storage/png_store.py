@@ -7,14 +7,13 @@ and a PNG without one (left by an interrupted append) is ignored and later overw
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from storage import _png
 from storage._base import Batch, DamagedStoreError, Store, make_durable, replace_atomically, stack_or_list, staging_path
 
 INDEX = "index.bin"
@@ -25,7 +24,7 @@ IMAGE_NAME = re.compile(r"\d{9}\.png")
 
 class PngStore(Store):
     name = "png"
-    holds = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
+    holds = _png.HOLDS
     is_directory = True
 
     def __init__(
@@ -33,8 +32,7 @@ class PngStore(Store):
     ) -> None:
         """`compress_level`: zlib level 0-9 for new PNG files (1 favours speed, 9 size);
         `durable`: flush each append to disk (fsync) before it returns."""
-        if not (isinstance(compress_level, int) and 0 <= compress_level <= 9):
-            raise ValueError(f"compress_level must be an int from 0 to 9, got {compress_level!r}")
+        _png.check_level(compress_level)
         super().__init__(path, writable, durable)
         self.compress_level = compress_level
         index = path / INDEX
@@ -61,11 +59,7 @@ class PngStore(Store):
 
     @classmethod
     def accepts(cls, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-        if dtype.kind != "u":
-            return False
-        if dtype.itemsize == 1:
-            return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
-        return dtype.itemsize == 2 and len(shape) == 2
+        return _png.accepts(dtype, shape)
 
     def _image_path(self, image_id: int) -> Path:
         return self.path / f"{image_id:09d}.png"
@@ -80,10 +74,10 @@ class PngStore(Store):
         records["one_channel_axis"] = np.repeat(one_channel, [len(batch) for batch in batches])
         written = []
         image_id = len(self._records)
-        for batch, squeeze in zip(batches, one_channel):
-            for image in batch[..., 0] if squeeze else batch:
+        for batch in batches:
+            for image in batch:
                 path = self._image_path(image_id)
-                Image.fromarray(image).save(path, format="PNG", compress_level=self.compress_level)
+                path.write_bytes(_png.encode(image, self.compress_level))
                 written.append(path)
                 image_id += 1
         if self.durable:
@@ -93,11 +87,7 @@ class PngStore(Store):
         self._records = records
 
     def _decode(self, image_id: int) -> np.ndarray:
-        # decoded from memory: a forged chunk length then cannot make Pillow allocate more than the file
-        with Image.open(io.BytesIO(self._image_path(image_id).read_bytes()), formats=("PNG",)) as image:
-            array = np.asarray(image)
-        if array.dtype.kind == "i":  # older Pillow opens 16-bit grey as 32-bit "I"
-            array = array.astype(np.uint16)
+        array = _png.decode(self._image_path(image_id).read_bytes())
         return array[..., np.newaxis] if self._records["one_channel_axis"][image_id] else array
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
