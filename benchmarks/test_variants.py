@@ -172,12 +172,12 @@ class Payload:
 def test_a_pickle_this_store_did_not_write_is_damage(forge, tmp_path, capsys):
     import lmdb
 
-    from storage.lmdb_store import KEY
+    from storage.lmdb_store import HEADER_IN_PICKLE, KEY
 
     with storage.open("lmdb-pickle", tmp_path / "store", "x") as store:
         store.append(IMAGES[:2], LABELS[:2])
     record = pickled_records(tmp_path / "store")[1]
-    header, pixels = record[13:45], IMAGES[1].tobytes()
+    header, pixels = record[HEADER_IN_PICKLE], IMAGES[1].tobytes()
     with lmdb.open(str(tmp_path / "store")) as env, env.begin(write=True) as txn:
         txn.put(KEY.pack(b"i", 1), forge(record, header, pixels))
     with storage.open("lmdb-pickle", tmp_path / "store") as store:

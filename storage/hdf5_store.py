@@ -33,7 +33,9 @@ from storage._base import (
     staging_path,
 )
 
-FORMAT = "imagestore-hdf5-1"
+# Attributes are fixed-length byte strings: libhdf5 can crash (SIGSEGV) reading a damaged
+# variable-length string attribute, which is what h5py makes of a Python str.
+FORMAT = np.bytes_(b"imagestore-hdf5-1")
 ENCODINGS = ("raw", "png")
 COMPRESSIONS = (None, "lzf", "gzip")
 PNG_FILES = h5py.vlen_dtype(np.uint8)
@@ -132,7 +134,7 @@ class Hdf5Store(Store):
             for position, image in enumerate(batch):
                 files[position] = np.frombuffer(_png.encode(image, _png.DEFAULT_LEVEL), np.uint8)
             run = group.create_dataset(name, data=files, dtype=PNG_FILES)
-            run.attrs.update(image_shape=batch.shape[1:], image_dtype=batch.dtype.str)
+            run.attrs.update(image_shape=batch.shape[1:], image_dtype=np.bytes_(batch.dtype.str.encode("ascii")))
         elif self.compression:
             group.create_dataset(name, data=batch, chunks=(1, *batch.shape[1:]), compression=self.compression)
         else:
@@ -154,7 +156,8 @@ class Hdf5Store(Store):
 
 def _png_layout(run: h5py.Dataset) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype of the images a run of PNG files holds, as its attributes record them."""
-    shape, dtype = tuple(int(side) for side in run.attrs["image_shape"]), np.dtype(run.attrs["image_dtype"])
+    shape = tuple(int(side) for side in run.attrs["image_shape"])
+    dtype = np.dtype(bytes(run.attrs["image_dtype"]).decode("ascii"))
     if run.ndim != 1 or min(shape, default=0) < 1 or not png_accepts(dtype, shape):
         raise DamagedStoreError(f"{run.name} records PNG files of {dtype} images of shape {shape}")
     return shape, dtype
