@@ -14,6 +14,7 @@ variable-length byte dataset whose attributes record the images' shape and dtype
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import h5py
@@ -86,9 +87,8 @@ class Hdf5Store(Store):
             _png_layout(run) if encoded else (run.shape[1:], run.dtype)
             for run, encoded in zip(self._runs, self._encoded)
         ]
-        pixel_bytes = sum(
-            count * np.prod(shape) * dtype.itemsize
-            for count, (shape, dtype) in zip(np.diff(self._starts), self._layouts)
+        pixel_bytes = sum(  # Python ints: forged sizes must not wrap around
+            len(run) * math.prod(shape) * dtype.itemsize for run, (shape, dtype) in zip(self._runs, self._layouts)
         )
         if pixel_bytes > MAX_EXPANSION * self.path.stat().st_size:
             raise DamagedStoreError(f"{self.path} lists {pixel_bytes} bytes of pixels, more than it can hold")

@@ -11,6 +11,7 @@ Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -147,7 +148,7 @@ class NpzStore(Store):
         if fortran_order or dtype.kind not in NUMERIC_KINDS or len(shape) not in (1, 3, 4):
             raise DamagedStoreError(f"{self.path}: member {info.filename} holds a {dtype} array of shape {shape}")
         header_bytes = stream.tell() - start
-        if header_bytes + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+        if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
             raise DamagedStoreError(
                 f"{self.path}: member {info.filename} is {info.file_size} bytes, not what its header says"
             )
