@@ -28,7 +28,13 @@ class PngStore(Store):
     is_directory = True
 
     def __init__(
-        self, path: Path, writable: bool, create: bool, *, compress_level: int = 1, durable: bool = True
+        self,
+        path: Path,
+        writable: bool,
+        create: bool,
+        *,
+        compress_level: int = _png.DEFAULT_LEVEL,
+        durable: bool = True,
     ) -> None:
         """`compress_level`: zlib level 0-9 for new PNG files (1 favours speed, 9 size);
         `durable`: flush each append to disk (fsync) before it returns."""
