@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage._base import read_buffer
+from storage._reading import read_buffer
 
 
 def pixel_bytes(images: np.ndarray | list) -> np.ndarray:

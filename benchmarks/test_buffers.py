@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from storage._base import COPY_SKEW, PAGE, read_buffer
+from storage._reading import COPY_SKEW, PAGE, read_buffer
 
 
 @pytest.mark.parametrize("dtype", ["u1", "<u2", "<f8", "<c16"])

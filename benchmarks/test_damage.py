@@ -111,7 +111,7 @@ def test_lmdb_header_claiming_a_larger_image_is_rejected(tmp_path):
         txn.put(KEY.pack(b"i", 1), HEADER.pack(b"|u1", 3, 0, 60_000, 70_000, 3, 1) + value[HEADER.size :])
     outcome = run_forked(lambda: open_and_read("lmdb", tmp_path / "store"), headroom=HEADROOM)
     assert outcome.error == "DamagedStoreError", outcome.describe()
-    assert "header says" in outcome.message
+    assert "recorded layout needs" in outcome.message
 
 
 @pytest.mark.skipif("npz" not in storage.available(), reason="npz backend not available")

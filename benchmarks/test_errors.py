@@ -27,7 +27,7 @@ def store(request, tmp_path):
 
 def snapshot(store) -> dict[str, int]:
     """Every file under the store's directory with its size: what a failed call must not change."""
-    root = store.path if store.is_directory else store.path.parent
+    root = store.path if store.capabilities.directory else store.path.parent
     return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "lock.mdb"}
 
 

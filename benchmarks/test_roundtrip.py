@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import storage
 from benchmarks.contract import assert_images_equal, assert_read_equal, store_path
 from benchmarks.strategies import REQUIRED, batches, image_shape, labelled, mixed_images
-from storage import _base
+from storage import _durable
 
 each_backend = pytest.mark.parametrize("backend", storage.available())
 
@@ -121,7 +121,7 @@ def test_durable_setting_is_stated_and_can_be_traded_for_speed(backend, tmp_path
     image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(1, 4, 5, 3)
     fsyncs = []
     monkeypatch.setattr(os, "fsync", lambda descriptor: fsyncs.append(descriptor))
-    monkeypatch.setattr(_base, "_syncfs", lambda directory: fsyncs.append(directory) or True)
+    monkeypatch.setattr(_durable, "_syncfs", lambda directory: fsyncs.append(directory) or True)
     for durable in (True, False):
         with storage.open(backend, tmp_path / f"store-{durable}", "x", durable=durable) as store:
             assert store.durable is durable

@@ -1,24 +1,35 @@
-"""Image stores behind one small interface: ``storage.open(backend, path, mode)``.
+"""Image stores behind one small interface: ``storage.open(backend, location, mode)``.
 
 >>> import storage
 >>> with storage.open("hdf5", "cifar.h5", mode="x") as store:   # doctest: +SKIP
 ...     store.append(images, labels)
+
+Backends come from `REGISTRY`, then from the entry-point group ``image_storage.backends``
+(name = "module:StoreClass"), so a package can add one; a built-in name wins. A backend is
+listed only when its module, and so its library, imports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from functools import cache
-from pathlib import Path
+from importlib import metadata
+from types import MappingProxyType
 
-from storage._base import DamagedStoreError, Store, damage_reported
+import numpy as np
 
-__all__ = ["DamagedStoreError", "Store", "available", "family", "open"]
+from storage._base import Capabilities, Options, Store
+from storage._errors import DamagedStoreError, damage_reported
+from storage.codecs import Codec
 
-# name -> "module:class"; a backend is listed only when its module (and so its library) imports.
+__all__ = ["Backend", "Capabilities", "DamagedStoreError", "Options", "Store", "available", "family", "open"]
+
+ENTRY_POINTS = "image_storage.backends"
+# name -> "module:class"
 REGISTRY = {
     "png": "storage.png_store:PngStore",
     "lmdb": "storage.lmdb_store:LmdbStore",
@@ -39,101 +50,147 @@ VARIANTS = {
 MODES = ("r", "a", "w", "x")
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A name that `open` takes: a store class and, for a variant, the options it writes with."""
+
+    name: str
+    store_class: type[Store]
+    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def family(self) -> str:
+        """The backend whose format this name writes (itself, unless a variant)."""
+        return self.store_class.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.store_class.capabilities
+
+    def settings(self, **options: object) -> Options:
+        """The backend's options: this name's, overridden by `options`; ValueError or TypeError if bad."""
+        known = {option.name for option in fields(self.store_class.Options)}
+        unknown = sorted(options.keys() - known)
+        if unknown:
+            takes = ", ".join(sorted(known)) or "none"
+            raise TypeError(f"the {self.name} backend has no option {unknown[0]!r}; its options: {takes}")
+        return self.store_class.Options(**{**self.options, **options})
+
+    @property
+    def codec(self) -> Codec:
+        return self.settings().codec
+
+    @property
+    def holds(self) -> str:
+        return self.codec.holds
+
+    def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        """Whether a store of this name takes one image of this dtype and shape."""
+        return self.codec.accepts(dtype, shape)
+
+    def is_store(self, location: str | os.PathLike) -> bool:
+        return self.store_class.is_store(self.store_class.locate(location))
+
+    def files(self, location: str | os.PathLike) -> list:
+        return self.store_class.files(self.store_class.locate(location))
+
+
+def _load(target: str) -> type[Store] | None:
+    module_name, class_name = target.split(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except ImportError:
+        return None
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    found = metadata.entry_points()
+    return list(found.select(group=ENTRY_POINTS) if hasattr(found, "select") else found.get(ENTRY_POINTS, []))
+
+
 @cache
-def _backends() -> dict[str, type[Store]]:
+def _backends() -> dict[str, Backend]:
+    targets = {**{point.name: point.value for point in _entry_points()}, **REGISTRY}
     found = {}
-    for name, target in REGISTRY.items():
-        module_name, class_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found[name] = getattr(module, class_name)
+    for name in [*REGISTRY, *sorted(targets.keys() - REGISTRY.keys())]:
+        store_class = _load(targets[name])
+        if store_class is not None:
+            found[name] = Backend(name, store_class)
     for name, (base, options) in VARIANTS.items():
         if base in found:
-            found[name] = found[base].variant(name, options)
+            found[name] = Backend(name, found[base].store_class, MappingProxyType(options))
     return found
 
 
 def available(variants: bool = True) -> tuple[str, ...]:
-    """Names of the backends (and their variants) whose libraries import, in registry order."""
-    return tuple(name for name in _backends() if variants or name in REGISTRY)
+    """Names of the backends (and their variants) whose libraries import: built-ins first, then entry points."""
+    return tuple(name for name, entry in _backends().items() if variants or name == entry.family)
 
 
 def family(name: str) -> str:
     """The backend whose format a backend or variant writes: ``family("lmdb-png") == "lmdb"``."""
-    return VARIANTS[name][0] if name in VARIANTS else name
+    return backend(name).family
 
 
-def backend(name: str) -> type[Store]:
-    """The store class of a backend; ValueError lists the available ones."""
+def backend(name: str) -> Backend:
+    """The backend called `name`; ValueError lists the available ones."""
     try:
         return _backends()[name]
     except KeyError:
         raise ValueError(f"unknown or unavailable backend {name!r}; available: {', '.join(available())}") from None
 
 
-def detect(path: str | os.PathLike) -> str | None:
-    """Name of the backend whose store is at `path`, or None."""
-    return next((name for name in available(variants=False) if backend(name).is_store(Path(path))), None)
+def detect(location: str | os.PathLike) -> str | None:
+    """Name of the backend whose store is at `location`, or None."""
+    return next((name for name in available(variants=False) if backend(name).is_store(location)), None)
 
 
-def open(name: str, path: str | os.PathLike, mode: str = "r", **options: object) -> Store:
-    """Open the `name` store at `path`.
+def open(name: str, location: str | os.PathLike, mode: str = "r", *, durable: bool = True, **options: object) -> Store:
+    """Open the `name` store at `location`.
 
     Modes: "r" read-only (must exist), "a" read/append (create if missing), "w" create or
-    replace a store of the same backend, "x" create (FileExistsError if `path` exists).
-    `options` are the backend's keyword options (for example ``map_size`` for lmdb); they add to
-    and override a variant's own.
+    replace a store of the same backend, "x" create (FileExistsError if anything is there).
+    `durable`: appends are on disk when they return. `options` are the backend's keyword
+    options (``map_size`` for lmdb, say); they override a variant's own. Bad options and
+    modes are refused before anything is touched.
     """
-    cls = backend(name)
-    if options.keys() - {"durable"}:  # write options: checks of what the store accepts must see them
-        cls = cls.variant(name, {key: value for key, value in options.items() if key != "durable"})
+    chosen = backend(name)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    durable = options.get("durable", True)
     if not isinstance(durable, bool):
         raise TypeError(f"durable must be True or False, got {durable!r}")
-    path = Path(path)
-    exists = os.path.lexists(path)
+    settings = chosen.settings(**options)
+    cls = chosen.store_class
+    location = cls.locate(location)
+    exists = cls.exists(location)
     if exists and mode == "x":
-        raise FileExistsError(errno.EEXIST, "a file or directory already exists", str(path))
+        raise FileExistsError(errno.EEXIST, "a file or directory already exists", str(location))
     if not exists and mode == "r":
-        raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(path))
+        raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(location))
+
+    def opened(writable: bool, create: bool) -> Store:
+        with damage_reported(location, name):
+            return cls(location, settings, writable=writable, create=create, durable=durable, name=name)
+
     if exists and mode == "r":  # a read-only open changes nothing, so let the backend check the format itself
         try:
-            with damage_reported(path, name):
-                return cls(path, writable=False, create=False, durable=durable, **cls.options)
+            return opened(writable=False, create=False)
         except Exception as error:
-            if isinstance(error, (BlockingIOError, MemoryError)) or cls.is_store(path):
+            if isinstance(error, (BlockingIOError, MemoryError)) or cls.is_store(location):
                 raise
             damage = f" ({error})" if isinstance(error, DamagedStoreError) else ""
-            raise ValueError(f"{path} holds {_describe(path)}, not a {name} store{damage}") from error
+            raise ValueError(f"{location} holds {_describe(cls, location)}, not a {name} store{damage}") from error
     create = not exists
-    if exists and not cls.is_store(path):
-        if not (mode in "aw" and cls.is_directory and path.is_dir() and not any(path.iterdir())):
-            raise ValueError(f"{path} holds {_describe(path)}, not a {name} store")
-        create = True  # an empty directory is a fine place for a new directory store
-    elif exists and mode == "w":
-        _remove(cls, path)
+    if exists and not cls.is_store(location):
+        if not (mode in "aw" and cls.is_free(location)):
+            raise ValueError(f"{location} holds {_describe(cls, location)}, not a {name} store")
         create = True
-    with damage_reported(path, name):
-        return cls(path, writable=mode != "r", create=create, durable=durable, **cls.options)
+    elif exists and mode == "w":
+        cls.remove(location)
+        create = True
+    return opened(writable=True, create=create)
 
 
-def _describe(path: Path) -> str:
-    found = detect(path)
-    if found:
-        return f"a {found} store"
-    if path.is_dir():
-        return "a directory that is no image store" if any(path.iterdir()) else "an empty directory"
-    return "a file that is no image store"
-
-
-def _remove(cls: type[Store], path: Path) -> None:
-    """Delete the files of a store of `cls`, and nothing else."""
-    for file in cls.files(path):
-        file.unlink()
-    if cls.is_directory:
-        with contextlib.suppress(OSError):  # the directory holds something else too: keep it and that
-            path.rmdir()
+def _describe(cls: type[Store], location: object) -> str:
+    found = detect(location)
+    return f"a {found} store" if found else cls.describe(location)

@@ -1,117 +1,124 @@
-"""What every backend shares: the public store interface, input checks and durability."""
+"""The store interface every backend implements, its input checks, and where a store lives (local defaults)."""
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import io
 import os
-import shutil
-import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import ClassVar, Union
 
 import numpy as np
 
+from storage._errors import damage_reported
+from storage._reading import Batch
+from storage.codecs import RAW, Codec
+
 Images = Union[np.ndarray, Sequence[np.ndarray]]
 Ids = Union[Sequence[int], slice, None]
-Batch = Union[np.ndarray, list]
 
 INT64 = np.iinfo(np.int64)
-NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex: fixed-size numbers
-PAGE = 4096
 # A compressed image expands at most this much when decoded (deflate: 1032:1; lzf less): a stored
 # size beyond it is forged, and is refused before anything of that size is allocated.
 MAX_EXPANSION = 1100
-# Distance (mod PAGE) of a read buffer past its file offset. Kernels copy page-cache pages with
-# `rep movsb`, which on some AMD CPUs runs about 3x slower when the destination lies a few bytes
-# past the source modulo a page (glibc bug 30994); a fresh large NumPy array sits 16 bytes past
-# a page boundary, so reading a page-aligned file offset into it hits exactly that case.
-COPY_SKEW = 256
 
 
-PNG_HOLDS = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend's stores are like: generic code asks these, never a backend's name."""
+
+    directory: bool  # a local store is a directory of files (else one file)
+    durability: str = "fsync"  # "fsync": the store's own code flushes files; "library": its library commits durably
+    lock_files: tuple[str, ...] = ()  # files in the store that even a read-only open may write
+    local: bool = True  # files on a local filesystem (else objects in an object store)
+    checksummed: bool = False  # stored pixels carry a checksum, so a changed byte is reported, not returned
 
 
-def png_accepts(dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-    """Whether PNG holds an image of this dtype and shape bit-exactly."""
-    if dtype.kind != "u":
-        return False
-    if dtype.itemsize == 1:
-        return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
-    return dtype.itemsize == 2 and len(shape) == 2
+@dataclass(frozen=True)
+class Options:
+    """A backend's keyword options: each backend subclasses this with its own fields, checked in __post_init__."""
 
-
-class DamagedStoreError(ValueError):
-    """A store whose format marker is present but whose content is damaged or incomplete."""
-
-
-# What opening and reading raise on purpose; anything else out of a backend's library (h5py's
-# KeyError for a broken object, say) is damage. Missing ids (KeyError) and bad arguments
-# (TypeError) are reported before a backend touches the store.
-INTENDED_ERRORS = (ValueError, FileNotFoundError, PermissionError, BlockingIOError, MemoryError)
-
-
-@contextmanager
-def damage_reported(path: Path, backend: str) -> Iterator[None]:
-    """Turn a library's unexpected error about a store's content into a DamagedStoreError naming the store."""
-    try:
-        yield
-    except INTENDED_ERRORS:
-        raise
-    except Exception as error:
-        raise DamagedStoreError(
-            f"{path} is a damaged or incomplete {backend} store ({type(error).__name__}: {error})"
-        ) from error
+    @property
+    def codec(self) -> Codec:
+        """How new images are encoded."""
+        return RAW
 
 
 class Store(ABC):
     """A store of labelled images; open one with :func:`storage.open`."""
 
-    name: ClassVar[str]
-    holds: ClassVar[str] = "2-D or 3-D (H, W, C) images of any fixed-size numeric dtype"
-    is_directory: ClassVar[bool]
-    options: ClassVar[Mapping[str, object]] = MappingProxyType({})  # the write options of a variant
-    base: ClassVar[type[Store] | None] = None  # the backend a variant is made from
+    name: ClassVar[str]  # the backend's name in the registry
+    capabilities: ClassVar[Capabilities]
+    Options: ClassVar[type[Options]] = Options
 
-    @classmethod
-    def variant(cls, name: str, options: Mapping[str, object]) -> type[Store]:
-        """This backend under another name, writing new images with `options` (see ``storage.VARIANTS``).
-
-        Stores are the same format whatever their options, so any name of a backend reads them.
-        """
-        base = cls.base or cls
-        options = MappingProxyType({**cls.options, **options})
-        holds = f"{PNG_HOLDS} (encoding='png')" if options.get("encoding") == "png" else base.holds
-        return type(base.__name__, (base,), {"name": name, "options": options, "base": base, "holds": holds})
-
-    def __init__(self, path: Path, writable: bool, durable: bool = True) -> None:
-        self.path = path
+    def __init__(
+        self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
+    ) -> None:
+        """Open (or, with `create`, first create) the store at `location`; `name` is the name it was opened by."""
+        self.location = location
+        self.options = options
+        self.codec = options.codec
         self.writable = writable
         self.durable = durable  # whether append flushes to disk (fsync) before it returns
         self.closed = False
+        self.name = name or type(self).name  # a variant's name, or the backend's
 
-    # --- what a backend provides -------------------------------------------------
+    # --- where a store lives: local files by default --------------------------------
+
+    @classmethod
+    def locate(cls, location: str | os.PathLike) -> Path:
+        """The location a user gave, as the backend addresses it."""
+        return Path(location)
+
+    @classmethod
+    def exists(cls, location: Path) -> bool:
+        """Whether anything at all is at `location`."""
+        return os.path.lexists(location)
 
     @classmethod
     @abstractmethod
-    def is_store(cls, path: Path) -> bool:
-        """Whether `path` holds a store of this backend."""
+    def is_store(cls, location: Path) -> bool:
+        """Whether `location` holds a store of this backend."""
 
     @classmethod
     @abstractmethod
-    def files(cls, path: Path) -> list[Path]:
-        """Every file that belongs to the store at `path`."""
+    def files(cls, location: Path) -> list[Path]:
+        """Every file (or object) that belongs to the store at `location`."""
 
     @classmethod
-    def accepts(cls, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-        """Whether one image of this dtype and shape (H, W[, C]) can be stored bit-exactly."""
-        if cls.options.get("encoding") == "png":
-            return png_accepts(dtype, shape)
-        return dtype.kind in NUMERIC_KINDS and len(shape) in (2, 3)
+    def is_free(cls, location: Path) -> bool:
+        """Whether an existing `location` that holds no store may take a new one (an empty directory may)."""
+        return cls.capabilities.directory and location.is_dir() and not any(location.iterdir())
+
+    @classmethod
+    def describe(cls, location: Path) -> str:
+        """What is at an existing `location` that is no store of this backend, for error messages."""
+        if location.is_dir():
+            return "a directory that is no image store" if any(location.iterdir()) else "an empty directory"
+        return "a file that is no image store"
+
+    @classmethod
+    def remove(cls, location: Path) -> None:
+        """Delete the store at `location`, and nothing else."""
+        for file in cls.files(location):
+            file.unlink()
+        if cls.capabilities.directory:
+            with contextlib.suppress(OSError):  # the directory holds something else too: keep it and that
+                location.rmdir()
+
+    def disk_usage(self) -> int:
+        """Bytes allocated on disk by all files of the store."""
+        return sum(allocated_bytes(file) for file in self.files(self.location))
+
+    @property
+    def path(self) -> Path:
+        """The store's location (a path, for the local backends)."""
+        return self.location
+
+    # --- what a backend provides ---------------------------------------------------
 
     @abstractmethod
     def _count(self) -> int: ...
@@ -128,6 +135,20 @@ class Store(ABC):
     def _close(self) -> None: ...
 
     # --- the public interface ----------------------------------------------------
+
+    @property
+    def holds(self) -> str:
+        """The images this store accepts, in words."""
+        return self.codec.holds
+
+    @property
+    def lossless(self) -> bool:
+        """Whether images come back bit-exact (else within ``codec.min_psnr``)."""
+        return self.codec.lossless
+
+    def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        """Whether one image of this dtype and shape (H, W[, C]) can be stored."""
+        return self.codec.accepts(dtype, shape)
 
     def __len__(self) -> int:
         self._check_open()
@@ -147,27 +168,25 @@ class Store(ABC):
         selected = self._ids(ids)
         if len(selected) == 0:
             return [], np.empty(0, np.int64)
-        with damage_reported(self.path, self.name):
+        with damage_reported(self.location, self.name):
             return self._read(selected)
 
     def append(self, images: Images, labels: Sequence[int]) -> None:
         """Add images with their labels; ids continue from ``len(store)``.
 
         Everything is checked before anything is written, and the images are durable on
-        disk when this returns.
+        disk when this returns (unless the store was opened with ``durable=False``).
         """
         self._check_open()
         if not self.writable:
-            raise io.UnsupportedOperation(f"{self.path} is open read-only (mode 'r'); open it with mode 'a' to append")
+            raise io.UnsupportedOperation(
+                f"{self.location} is open read-only (mode 'r'); open it with mode 'a' to append"
+            )
         batches = self._batches(images)
         count = sum(len(b) for b in batches)
         label_array = as_labels(labels, count)
         if count:
             self._append(batches, label_array)
-
-    def disk_usage(self) -> int:
-        """Bytes allocated on disk by all files of the store."""
-        return sum(allocated_bytes(f) for f in self.files(self.path))
 
     def close(self) -> None:
         """Release the store; safe to call more than once."""
@@ -183,13 +202,13 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("read/append" if self.writable else "read-only")
-        return f"<{self.name} store {str(self.path)!r} ({state})>"
+        return f"<{self.name} store {str(self.location)!r} ({state})>"
 
     # --- shared checks -----------------------------------------------------------
 
     def _check_open(self) -> None:
         if self.closed:
-            raise ValueError(f"the {self.name} store {self.path} is closed")
+            raise ValueError(f"the {self.name} store {self.location} is closed")
 
     def _ids(self, ids: Ids) -> np.ndarray:
         count = self._count()
@@ -266,152 +285,7 @@ def little_endian(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=batch.dtype.newbyteorder("<"))
 
 
-def stack_or_list(images: Iterator[np.ndarray], count: int) -> Batch:
-    """Copy `count` images into one preallocated array, or a list once their shapes differ.
-
-    The images may be views of memory that is only valid while the iterator runs.
-    """
-    first = next(images)
-    out = np.empty((count, *first.shape), first.dtype)
-    out[0] = first
-    for position, image in enumerate(images, 1):
-        if image.shape != first.shape or image.dtype != first.dtype:
-            return [*(earlier.copy() for earlier in out[:position]), image.copy(), *(later.copy() for later in images)]
-        out[position] = image
-    return out
-
-
-def read_buffer(shape: tuple[int, ...], dtype: np.dtype, file_offset: int = 0) -> np.ndarray:
-    """An empty array placed in memory so that a read(2) from `file_offset` into it copies fast.
-
-    The array is 16-byte aligned and starts `COPY_SKEW` bytes (mod a page) past the file offset.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + PAGE + 16, np.uint8)
-    start = (file_offset + COPY_SKEW - raw.ctypes.data) % PAGE
-    start += -(raw.ctypes.data + start) % 16
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def gather_runs(
-    ids: np.ndarray,
-    starts: np.ndarray,
-    layouts: Sequence[tuple[tuple[int, ...], np.dtype]],
-    read_run: Callable[[int, np.ndarray, np.ndarray], None],
-    offsets: Sequence[int] | None = None,
-) -> Batch:
-    """Images at `ids` from uniform runs of images, run ``r`` holding ids ``starts[r]:starts[r+1]``.
-
-    `layouts[r]` is run r's (image shape, dtype); ``read_run(r, local_ids, out)`` fills `out`
-    with those images of run r. Ids read from one run in order land straight in the result,
-    placed for a fast copy from ``offsets[r]``, the file offset of run r's first image, if given.
-    """
-    run_of = np.searchsorted(starts, ids, side="right") - 1
-    order = np.argsort(run_of, kind="stable")
-    touched, first = np.unique(run_of[order], return_index=True)
-    uniform = len({layouts[run] for run in touched.tolist()}) == 1
-    if uniform:
-        shape, dtype = layouts[int(touched[0])]
-        offset = 0
-        if offsets is not None:
-            run = int(run_of[0])
-            offset = offsets[run] + int(ids[0] - starts[run]) * int(np.prod(shape)) * np.dtype(dtype).itemsize
-        images: Batch = read_buffer((len(ids), *shape), dtype, offset)
-    else:
-        images = [None] * len(ids)
-    for run, positions in zip(touched.tolist(), np.split(order, first[1:])):
-        local = ids[positions] - starts[run]
-        if uniform and is_consecutive(positions):
-            read_run(run, local, images[positions[0] : positions[-1] + 1])
-            continue
-        shape, dtype = layouts[run]
-        part = np.empty((len(local), *shape), dtype)
-        read_run(run, local, part)
-        if uniform:
-            images[positions] = part
-        else:
-            for position, image in zip(positions.tolist(), part):
-                images[position] = image
-    return images
-
-
-def is_consecutive(ids: np.ndarray) -> bool:
-    """Whether non-empty `ids` count up by one (a range the backends read in one pass)."""
-    return bool(ids[-1] - ids[0] == len(ids) - 1 and (len(ids) == 1 or (np.diff(ids) == 1).all()))
-
-
 def allocated_bytes(path: Path) -> int:
     """Bytes the filesystem allocated for one file (its size where blocks are not reported)."""
     stat = path.stat()
     return stat.st_blocks * 512 if hasattr(stat, "st_blocks") else stat.st_size
-
-
-def staging_path(path: Path) -> Path:
-    """Where a new version of `path` is prepared before it replaces `path`."""
-    return path.with_name(path.name + ".tmp")
-
-
-def replace_atomically(path: Path, data: bytes, durable: bool) -> None:
-    """Give `path` the content `data` so that a crash or a reader sees the old or the new file, never a mix."""
-    staging = staging_path(path)
-    staging.write_bytes(data)
-    _swap_in(staging, path, durable)
-
-
-@contextmanager
-def staged_copy(path: Path, durable: bool) -> Iterator[Path]:
-    """A copy of `path` to change; it replaces `path` atomically when the block succeeds, else it is removed.
-
-    Readers that have `path` open keep reading the old version; a crash leaves the old version.
-    """
-    staging = staging_path(path)
-    shutil.copyfile(path, staging)
-    try:
-        yield staging
-        _swap_in(staging, path, durable)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-
-
-def _swap_in(staging: Path, path: Path, durable: bool) -> None:
-    """Rename the finished `staging` over `path`: the file is complete on disk before its name is."""
-    if durable:
-        fsync_path(staging)
-    os.replace(staging, path)
-    if durable:
-        fsync_path(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush one file or directory to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def make_durable(files: Sequence[Path], directory: Path) -> None:
-    """Flush new `files` and their `directory` entry to disk.
-
-    On Linux one ``syncfs`` of the directory's filesystem does this for any number of files
-    at the cost of a few fsyncs; elsewhere each file is flushed in turn.
-    """
-    if len(files) > 8 and _syncfs(directory):
-        return
-    for file in files:
-        fsync_path(file)
-    fsync_path(directory)
-
-
-def _syncfs(directory: Path) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        return libc.syncfs(descriptor) == 0
-    finally:
-        os.close(descriptor)

@@ -19,6 +19,7 @@ import pickle
 import pickletools
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, islice
 from pathlib import Path
@@ -26,13 +27,17 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from storage import _png
-from storage._base import NUMERIC_KINDS, Batch, DamagedStoreError, Store, is_consecutive, stack_or_list
+from storage import codecs
+from storage._base import Capabilities, Options, Store
+from storage._errors import DamagedStoreError
+from storage._reading import Batch, is_consecutive, stack_or_list
+from storage.codecs import NUMERIC_KINDS
 
 HEADER = struct.Struct("<4sBB2x3Iq")  # dtype code, ndim, encoding, padding, shape (unused dims 0), label
 LAYOUT_BYTES = HEADER.size - 8  # everything before the label: equal for images of one layout and encoding
 ENCODINGS = ("raw", "png", "pickle")  # the header's encoding byte is the position here
 RAW, PNG, PICKLE = range(3)
+RECORD_CODECS = (codecs.RAW, codecs.get("png"), codecs.RAW)  # a pickle frame holds raw pixels
 PICKLE_PROTOCOL = 5
 PICKLE_START = b"\x80\x05"  # a record that starts so is a pickle frame; other records start with a dtype code
 KEY = struct.Struct(">cQ")  # b"i", id
@@ -53,31 +58,45 @@ def _layout(code: bytes, ndim: int, dims: tuple[int, int, int]) -> tuple[np.dtyp
     return dtype, shape, math.prod(shape) * dtype.itemsize
 
 
+@dataclass(frozen=True)
+class LmdbOptions(Options):
+    """`map_size`: the initial size of the memory map in bytes (it grows as needed); `encoding`: how new records
+    hold pixels, "raw", "png" or "pickle" (any store reads all three)."""
+
+    map_size: int = MIB
+    encoding: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {self.encoding!r}")
+        if not (isinstance(self.map_size, int) and self.map_size > 0):
+            raise ValueError(f"map_size must be a positive int, got {self.map_size!r}")
+
+    @property
+    def codec(self) -> codecs.Codec:
+        return codecs.RAW if self.encoding == "pickle" else codecs.get(self.encoding)
+
+
 class LmdbStore(Store):
     name = "lmdb"
-    is_directory = True
+    capabilities = Capabilities(directory=True, durability="library", lock_files=("lock.mdb",))
+    Options = LmdbOptions
 
     def __init__(
-        self,
-        path: Path,
-        writable: bool,
-        create: bool,
-        *,
-        map_size: int = MIB,
-        encoding: str = "raw",
-        durable: bool = True,
+        self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
     ) -> None:
-        """`map_size`: the initial size of the memory map in bytes; it grows as needed.
-        `encoding`: how new records hold pixels, "raw", "png" or "pickle" (any store reads all three).
-        `durable`: flush each append's transaction to disk (fsync) before it returns."""
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
-        super().__init__(path, writable, durable)
-        self.encoding = ENCODINGS.index(encoding)
+        super().__init__(location, options, writable=writable, create=create, durable=durable, name=name)
+        self.encoding = ENCODINGS.index(options.encoding)
         if not create:
-            _check_length(path / "data.mdb")
+            _check_length(location / "data.mdb")
         self._env = _open_env(
-            path, map_size=map_size, readonly=not writable, create=create, meminit=False, sync=durable, metasync=durable
+            location,
+            map_size=options.map_size,
+            readonly=not writable,
+            create=create,
+            meminit=False,
+            sync=durable,
+            metasync=durable,
         )
         if create:
             with self._env.begin(write=True) as txn:
@@ -87,15 +106,15 @@ class LmdbStore(Store):
             self._length = txn.stat()["entries"] - 1
         if found != FORMAT:
             self._env.close()
-            raise ValueError(f"{path} is an LMDB environment that is no image store")
+            raise ValueError(f"{location} is an LMDB environment that is no image store")
 
     @classmethod
-    def is_store(cls, path: Path) -> bool:
-        if not (path / "data.mdb").is_file():
+    def is_store(cls, location: Path) -> bool:
+        if not (location / "data.mdb").is_file():
             return False
         try:
-            _check_length(path / "data.mdb")
-            env = _open_env(path, readonly=True, lock=False, create=False)
+            _check_length(location / "data.mdb")
+            env = _open_env(location, readonly=True, lock=False, create=False)
         except (lmdb.Error, DamagedStoreError):  # not LMDB, or damaged beyond opening
             return False
         try:
@@ -105,8 +124,8 @@ class LmdbStore(Store):
             env.close()
 
     @classmethod
-    def files(cls, path: Path) -> list[Path]:
-        return [file for file in (path / "data.mdb", path / "lock.mdb") if file.exists()]
+    def files(cls, location: Path) -> list[Path]:
+        return [file for file in (location / "data.mdb", location / "lock.mdb") if file.exists()]
 
     def _count(self) -> int:
         return self._length
@@ -118,12 +137,10 @@ class LmdbStore(Store):
             dims = (*batch.shape[1:], 0, 0)[:3]
             for image in batch:
                 header = HEADER.pack(code, batch.ndim - 1, self.encoding, *dims, labels[image_id - self._length])
-                if self.encoding == PNG:
-                    value = header + _png.encode(image, _png.DEFAULT_LEVEL)
-                elif self.encoding == PICKLE:
+                if self.encoding == PICKLE:
                     value = pickle.dumps((header, image.tobytes()), protocol=PICKLE_PROTOCOL)
                 else:
-                    value = header + image.tobytes()
+                    value = header + self.codec.encode(image)
                 yield KEY.pack(b"i", image_id), value
                 image_id += 1
 
@@ -298,12 +315,7 @@ def _decode_each(values: list) -> tuple[Batch, np.ndarray]:
     def images():
         for position, value in enumerate(values):
             (code, ndim, encoding, dims, labels[position]), pixels = _split(value)
-            dtype, shape, nbytes = _layout(code, ndim, dims)
-            if encoding == PNG:
-                yield _png.decode_as(pixels, shape, dtype)
-                continue
-            if len(pixels) != nbytes:
-                raise DamagedStoreError(f"lmdb record with {len(pixels)} bytes of pixels; its header says {nbytes}")
-            yield np.frombuffer(pixels, dtype).reshape(shape)
+            dtype, shape, _ = _layout(code, ndim, dims)
+            yield RECORD_CODECS[encoding].decode(pixels, shape, dtype)
 
     return stack_or_list(images(), len(values)), labels

@@ -17,24 +17,18 @@ import os
 import re
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy
 
-from storage._base import (
-    MAX_EXPANSION,
-    NUMERIC_KINDS,
-    Batch,
-    DamagedStoreError,
-    Store,
-    gather_runs,
-    is_consecutive,
-    make_durable,
-    staged_copy,
-    staging_path,
-)
+from storage._base import MAX_EXPANSION, Options
+from storage._errors import DamagedStoreError
+from storage._reading import is_consecutive
+from storage._runs import RunFileStore
+from storage.codecs import NUMERIC_KINDS
 
 COMMENT = b"imagestore-npz-1"
 MEMBER = re.compile(r"(images|labels)_(\d{8})\.npy")
@@ -53,51 +47,43 @@ class Member(NamedTuple):
     header_bytes: int  # the .npy header before the array, inside the member
 
 
-class NpzStore(Store):
-    name = "npz"
-    is_directory = False
+@dataclass(frozen=True)
+class NpzOptions(Options):
+    """`compression`: None (stored members) or "deflate" for new members; any store reads both."""
 
-    def __init__(
-        self, path: Path, writable: bool, create: bool, *, compression: str | None = None, durable: bool = True
-    ) -> None:
-        """`compression`: None (stored members) or "deflate" for new members (any store reads both).
-        `durable`: flush each append to disk (fsync) before it returns."""
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be None or deflate; got {compression!r}")
-        super().__init__(path, writable, durable)
-        self.compression = compression
-        if create:
-            with zipfile.ZipFile(path, "x") as archive:
-                archive.comment = COMMENT
-            if durable:
-                make_durable([path], path.parent)
-        self._file = path.open("rb")
-        self._map: mmap.mmap | None = None
-        self._archive: zipfile.ZipFile | None = None
-        self._index()
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be None or deflate; got {self.compression!r}")
+
+
+class NpzStore(RunFileStore):
+    name = "npz"
+    Options = NpzOptions
 
     @classmethod
-    def is_store(cls, path: Path) -> bool:
-        if not (path.is_file() and zipfile.is_zipfile(path)):
+    def is_store(cls, location: Path) -> bool:
+        if not (location.is_file() and zipfile.is_zipfile(location)):
             return False
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(location) as archive:
                 return archive.comment == COMMENT
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             return False
 
-    @classmethod
-    def files(cls, path: Path) -> list[Path]:
-        return [path, *filter(Path.exists, [staging_path(path)])]
+    def _create(self, location: Path) -> None:
+        with zipfile.ZipFile(location, "x") as archive:
+            archive.comment = COMMENT
 
-    def _index(self) -> None:
+    def _open(self) -> None:
         """Locate every member's array in the file."""
-        self._close_map()
-        if self._archive is not None:
-            self._archive.close()
+        self._file = self.location.open("rb")
+        self._map: mmap.mmap | None = None
         self._archive = zipfile.ZipFile(self._file)  # kept open to inflate deflated members
         if self._archive.comment != COMMENT:
-            raise ValueError(f"{self.path} is a zip archive that is no npz image store")
+            self._release()
+            raise ValueError(f"{self.location} is a zip archive that is no npz image store")
         members = {
             MEMBER.fullmatch(info.filename).groups(): info
             for info in self._archive.infolist()
@@ -105,19 +91,26 @@ class NpzStore(Store):
         }
         count = len(members) // 2
         if sorted(members) != sorted((kind, f"{run:08d}") for kind in ("images", "labels") for run in range(count)):
-            raise DamagedStoreError(f"{self.path} does not hold matching images and labels members")
+            raise DamagedStoreError(f"{self.location} does not hold matching images and labels members")
         self._runs = [self._locate(members["images", f"{run:08d}"]) for run in range(count)]
         labels = []
         for run in range(count):
             member = self._locate(members["labels", f"{run:08d}"])
             if member.dtype != np.dtype("<i8") or member.shape != (self._runs[run].shape[0],):
                 raise DamagedStoreError(
-                    f"{self.path}: labels of run {run} are {member.dtype} {member.shape}, not one int64 per image"
+                    f"{self.location}: labels of run {run} are {member.dtype} {member.shape}, not one int64 per image"
                 )
             labels.append(self._fill(member, np.empty(member.shape, member.dtype)))
-        self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
-        self._starts = np.cumsum([0] + [member.shape[0] for member in self._runs])
-        self._layouts = [(member.shape[1:], member.dtype) for member in self._runs]
+        layouts = [(member.shape[1:], member.dtype) for member in self._runs]
+        counts = [member.shape[0] for member in self._runs]
+        self._found_runs(layouts, counts, labels, [member.offset or 0 for member in self._runs])
+
+    def _release(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._archive.close()
+        self._file.close()
 
     def _locate(self, info: zipfile.ZipInfo) -> Member:
         """Where the array of one stored or deflated .npy member is, and its dtype and shape."""
@@ -125,16 +118,16 @@ class NpzStore(Store):
             self._file.seek(info.header_offset)
             signature, name_length, extra_length = LOCAL_HEADER.unpack(self._file.read(LOCAL_HEADER.size))
             if signature != b"PK\x03\x04":
-                raise DamagedStoreError(f"{self.path}: member {info.filename} has no local header")
+                raise DamagedStoreError(f"{self.location}: member {info.filename} has no local header")
             start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
             self._file.seek(start)
             dtype, shape, header_bytes = self._npy_header(info, self._file)
             return Member(dtype, shape, start + header_bytes, info, header_bytes)
-        size = self.path.stat().st_size
+        size = self.location.stat().st_size
         if info.compress_type != zipfile.ZIP_DEFLATED or not info.compress_size <= size:
-            raise DamagedStoreError(f"{self.path}: member {info.filename} is neither stored nor deflated here")
+            raise DamagedStoreError(f"{self.location}: member {info.filename} is neither stored nor deflated here")
         if info.file_size > MAX_EXPANSION * info.compress_size + PAGE_OF_HEADERS:  # checked before inflating
-            raise DamagedStoreError(f"{self.path}: member {info.filename} lists {info.file_size} bytes inflated")
+            raise DamagedStoreError(f"{self.location}: member {info.filename} lists {info.file_size} bytes inflated")
         with self._archive.open(info) as stream:
             dtype, shape, header_bytes = self._npy_header(info, stream)
         return Member(dtype, shape, None, info, header_bytes)
@@ -143,14 +136,14 @@ class NpzStore(Store):
         """dtype, shape and header length of the .npy array that `stream` is at the start of."""
         start = stream.tell()
         if npy.read_magic(stream) != (1, 0):  # what this store writes; 2.0 headers give a 4-byte length to forge
-            raise DamagedStoreError(f"{self.path}: member {info.filename} is not a version 1.0 .npy array")
+            raise DamagedStoreError(f"{self.location}: member {info.filename} is not a version 1.0 .npy array")
         shape, fortran_order, dtype = npy.read_array_header_1_0(stream)
         if fortran_order or dtype.kind not in NUMERIC_KINDS or len(shape) not in (1, 3, 4):
-            raise DamagedStoreError(f"{self.path}: member {info.filename} holds a {dtype} array of shape {shape}")
+            raise DamagedStoreError(f"{self.location}: member {info.filename} holds a {dtype} array of shape {shape}")
         header_bytes = stream.tell() - start
         if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
             raise DamagedStoreError(
-                f"{self.path}: member {info.filename} is {info.file_size} bytes, not what its header says"
+                f"{self.location}: member {info.filename} is {info.file_size} bytes, not what its header says"
             )
         return dtype, shape, header_bytes
 
@@ -166,7 +159,7 @@ class NpzStore(Store):
             while done < len(target):
                 got = stream.readinto(target[done:])
                 if not got:
-                    raise DamagedStoreError(f"{self.path}: member {member.info.filename} ends early")
+                    raise DamagedStoreError(f"{self.location}: member {member.info.filename} ends early")
                 done += got
         return out
 
@@ -181,27 +174,18 @@ class NpzStore(Store):
                 self._file.seek(offset + done)
                 got = self._file.readinto(target[done:])
             if not got:
-                raise DamagedStoreError(f"{self.path} ends before the data it lists")
+                raise DamagedStoreError(f"{self.location} ends before the data it lists")
             done += got
         return out
 
-    def _count(self) -> int:
-        return int(self._starts[-1])
-
-    def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
-        offset = 0
-        compression = COMPRESSIONS[self.compression]
-        # zipfile's append mode overwrites the central directory in place: append to a copy instead
-        with staged_copy(self.path, self.durable) as staging, zipfile.ZipFile(staging, "a", compression) as archive:
-            for run, batch in enumerate(batches, len(self._runs)):
-                for kind, array in (("images", batch), ("labels", labels[offset : offset + len(batch)])):
-                    with archive.open(f"{kind}_{run:08d}.npy", "w", force_zip64=True) as member:
+    def _write_runs(self, staging: Path, runs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        # zipfile's append mode overwrites the central directory in place: hence the copy
+        with zipfile.ZipFile(staging, "a", COMPRESSIONS[self.options.compression]) as archive:
+            for name, batch, labels in runs:
+                for kind, array in (("images", batch), ("labels", labels)):
+                    with archive.open(f"{kind}_{name}.npy", "w", force_zip64=True) as member:
                         npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(array))
                         member.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # no chunk copies
-                offset += len(batch)
-        self._file.close()
-        self._file = self.path.open("rb")
-        self._index()
 
     def _read_run(self, run: int, local: np.ndarray, out: np.ndarray) -> None:
         member = self._runs[run]
@@ -217,17 +201,3 @@ class NpzStore(Store):
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         run_array = np.frombuffer(self._map, dtype, int(np.prod(shape)), offset).reshape(shape)
         np.take(run_array, local, axis=0, out=out)
-
-    def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        offsets = [member.offset or 0 for member in self._runs]
-        return gather_runs(ids, self._starts, self._layouts, self._read_run, offsets), self._labels[ids]
-
-    def _close_map(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-
-    def _close(self) -> None:
-        self._close_map()
-        self._archive.close()
-        self._file.close()

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from storage import _png
-from storage._base import Batch, DamagedStoreError, Store, make_durable, replace_atomically, stack_or_list, staging_path
+from storage._base import Capabilities, Options, Store
+from storage._durable import make_durable, replace_atomically, staging_path
+from storage._errors import DamagedStoreError
+from storage._reading import Batch, stack_or_list
+from storage.codecs import Png
 
 INDEX = "index.bin"
 MAGIC = b"imagestore-png\x00\x01"  # 16 bytes, then one RECORD per image
@@ -22,28 +26,32 @@ RECORD = np.dtype([("label", "<i8"), ("one_channel_axis", "u1")])  # was (H, W, 
 IMAGE_NAME = re.compile(r"\d{9}\.png")
 
 
+@dataclass(frozen=True)
+class PngOptions(Options):
+    """`compress_level`: zlib's level for new PNG files, 0-9 (1 favours speed, 9 size)."""
+
+    compress_level: int = 1
+
+    def __post_init__(self) -> None:
+        Png(self.compress_level)  # checks the level
+
+    @property
+    def codec(self) -> Png:
+        return Png(self.compress_level)
+
+
 class PngStore(Store):
     name = "png"
-    holds = _png.HOLDS
-    is_directory = True
+    capabilities = Capabilities(directory=True)
+    Options = PngOptions
 
     def __init__(
-        self,
-        path: Path,
-        writable: bool,
-        create: bool,
-        *,
-        compress_level: int = _png.DEFAULT_LEVEL,
-        durable: bool = True,
+        self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
     ) -> None:
-        """`compress_level`: zlib level 0-9 for new PNG files (1 favours speed, 9 size);
-        `durable`: flush each append to disk (fsync) before it returns."""
-        _png.check_level(compress_level)
-        super().__init__(path, writable, durable)
-        self.compress_level = compress_level
-        index = path / INDEX
+        super().__init__(location, options, writable=writable, create=create, durable=durable, name=name)
+        index = location / INDEX
         if create:
-            path.mkdir(exist_ok=True)
+            location.mkdir(exist_ok=True)
             replace_atomically(index, MAGIC, durable)
         data = index.read_bytes()
         if not data.startswith(MAGIC) or (len(data) - len(MAGIC)) % RECORD.itemsize:
@@ -51,24 +59,20 @@ class PngStore(Store):
         self._records = np.frombuffer(data, RECORD, offset=len(MAGIC))
 
     @classmethod
-    def is_store(cls, path: Path) -> bool:
-        index = path / INDEX
+    def is_store(cls, location: Path) -> bool:
+        index = location / INDEX
         if not index.is_file():
             return False
         with index.open("rb") as file:
             return file.read(len(MAGIC)) == MAGIC
 
     @classmethod
-    def files(cls, path: Path) -> list[Path]:
-        images = [Path(entry.path) for entry in os.scandir(path) if IMAGE_NAME.fullmatch(entry.name)]
-        return [*filter(Path.exists, [path / INDEX, staging_path(path / INDEX)]), *sorted(images)]
-
-    @classmethod
-    def accepts(cls, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-        return _png.accepts(dtype, shape)
+    def files(cls, location: Path) -> list[Path]:
+        images = [Path(entry.path) for entry in os.scandir(location) if IMAGE_NAME.fullmatch(entry.name)]
+        return [*filter(Path.exists, [location / INDEX, staging_path(location / INDEX)]), *sorted(images)]
 
     def _image_path(self, image_id: int) -> Path:
-        return self.path / f"{image_id:09d}.png"
+        return self.location / f"{image_id:09d}.png"
 
     def _count(self) -> int:
         return len(self._records)
@@ -83,17 +87,17 @@ class PngStore(Store):
         for batch in batches:
             for image in batch:
                 path = self._image_path(image_id)
-                path.write_bytes(_png.encode(image, self.compress_level))
+                path.write_bytes(self.codec.encode(image))
                 written.append(path)
                 image_id += 1
         if self.durable:
-            make_durable(written, self.path)
+            make_durable(written, self.location)
         records = np.concatenate([self._records, records])
-        replace_atomically(self.path / INDEX, MAGIC + records.tobytes(), self.durable)
+        replace_atomically(self.location / INDEX, MAGIC + records.tobytes(), self.durable)
         self._records = records
 
     def _decode(self, image_id: int) -> np.ndarray:
-        array = _png.decode(self._image_path(image_id).read_bytes())
+        array = self.codec.decode(self._image_path(image_id).read_bytes())
         return array[..., np.newaxis] if self._records["one_channel_axis"][image_id] else array
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:

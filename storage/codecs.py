@@ -1,0 +1,127 @@
+"""Codecs: how one image becomes bytes in a store and back.
+
+A codec knows which images it holds, whether it gives them back exactly, and how to encode and
+decode one; decoding against the shape and dtype a store recorded turns a mismatch into
+:class:`~storage.DamagedStoreError`. Backends that keep encoded records take ``encoding=`` and
+look the codec up with :func:`get`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+import numpy as np
+
+from storage._errors import DamagedStoreError
+
+Data = Union[bytes, memoryview, np.ndarray]
+NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex: fixed-size numbers
+
+
+class Codec(ABC):
+    """One way of turning an image into bytes."""
+
+    name: ClassVar[str]
+    holds: ClassVar[str]  # the images it accepts, in words for error messages
+    lossless: ClassVar[bool] = True
+    min_psnr: ClassVar[float | None] = None  # a lossy codec's promise: decoded images are at least this close (dB)
+    checksummed: ClassVar[bool] = False  # a changed byte of its output is reported on decoding
+
+    @abstractmethod
+    def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        """Whether an image of this dtype and shape (H, W[, C]) can be encoded."""
+
+    @abstractmethod
+    def encode(self, image: np.ndarray) -> bytes:
+        """The bytes of one accepted image."""
+
+    @abstractmethod
+    def decode(self, data: Data, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The image encoded in `data`, which its store recorded as `shape` and `dtype`."""
+
+
+@dataclass(frozen=True)
+class Raw(Codec):
+    """The pixels as they are in memory (C order, little-endian): nothing to decode."""
+
+    name: ClassVar[str] = "raw"
+    holds: ClassVar[str] = "2-D or 3-D (H, W, C) images of any fixed-size numeric dtype"
+
+    def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        return dtype.kind in NUMERIC_KINDS and len(shape) in (2, 3)
+
+    def encode(self, image: np.ndarray) -> bytes:
+        return image.tobytes()
+
+    def decode(self, data: Data, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        expected = math.prod(shape) * dtype.itemsize
+        if len(data) != expected:
+            raise DamagedStoreError(f"a stored image has {len(data)} bytes; its recorded layout needs {expected}")
+        return np.frombuffer(data, dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class Png(Codec):
+    """A PNG file (Pillow); `level` is zlib's, 0-9: 1 favours speed, 9 size. A channel axis of 1 is stored as grey."""
+
+    level: int = 1
+    name: ClassVar[str] = "png"
+    holds: ClassVar[str] = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
+    checksummed: ClassVar[bool] = True  # the image data is a zlib stream with an Adler-32
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.level, int) and 0 <= self.level <= 9):
+            raise ValueError(f"compress_level must be an int from 0 to 9, got {self.level!r}")
+
+    def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+        if dtype.kind != "u":
+            return False
+        if dtype.itemsize == 1:
+            return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
+        return dtype.itemsize == 2 and len(shape) == 2
+
+    def encode(self, image: np.ndarray) -> bytes:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        grey = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+        Image.fromarray(grey).save(buffer, format="PNG", compress_level=self.level)
+        return buffer.getvalue()
+
+    def decode(self, data: Data, shape: tuple[int, ...] | None = None, dtype: np.dtype | None = None) -> np.ndarray:
+        """Decoded from memory, so a forged chunk length cannot make Pillow read or allocate more.
+
+        Without `shape` and `dtype`, the image as the file has it (grey files are 2-D).
+        """
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+            array = np.asarray(image)
+        array = array.astype(np.uint16) if array.dtype.kind == "i" else array  # older Pillow opens 16-bit grey as "I"
+        if shape is None:
+            return array
+        if (
+            array.dtype != dtype
+            or array.shape not in (shape, shape[:2])
+            or (array.shape != shape and shape[2:] != (1,))
+        ):
+            raise DamagedStoreError(
+                f"a stored PNG holds a {array.dtype} image of shape {array.shape}, not {dtype} {shape}"
+            )
+        return array.reshape(shape)
+
+
+RAW = Raw()
+CODECS: dict[str, Codec] = {"raw": RAW, "png": Png()}
+
+
+def get(name: str) -> Codec:
+    """The codec called `name`; ValueError lists the known ones."""
+    try:
+        return CODECS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"encoding must be one of {', '.join(CODECS)}; got {name!r}") from None
