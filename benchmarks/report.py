@@ -22,7 +22,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-FLOOR = "limit"
+from benchmarks import floor
+
+FLOOR = floor.FLOOR.name  # the row the floor writes in every table
 MANY = ("store-many", "read-many")
 
 
@@ -93,12 +95,35 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"report: {error}", file=sys.stderr)
         return 2
-    written = render(runs, [path.stem for path in options.runs], options.out, options.formats.split(","))
+    written = render(
+        runs, [path.stem for path in options.runs], options.out, options.formats.split(","), provenance(options.runs[0])
+    )
     print("\n".join(str(path) for path in written))
     return 0
 
 
-def render(runs: list[list[Result]], labels: list[str], out: Path, formats: list[str]) -> list[Path]:
+def provenance(path: Path) -> list[str]:
+    """Where a saved run comes from, as Markdown lines: date, commit, machine, libraries, filesystem."""
+    run = json.loads(path.read_text())
+    machine, commit = run.get("machine_info", {}), run.get("commit_info", {})
+    libraries = ", ".join(f"{name} {version}" for name, version in machine.get("libraries", {}).items())
+    cpu = machine.get("cpu", {}).get("brand_raw", "an unknown CPU")
+    lines = [
+        f"- measured: {run.get('datetime', 'unknown date')[:19].replace('T', ' ')} UTC",
+        f"- commit: {commit.get('id', 'unknown')[:12]}{' (with uncommitted changes)' if commit.get('dirty') else ''}",
+        f"- machine: {cpu}, {machine.get('cpu_count', '?')} cores, {machine.get('system', '')} "
+        f"{machine.get('release', '')}, {machine.get('python_implementation', 'Python')} "
+        f"{machine.get('python_version', '')}",
+        f"- stores on: {machine.get('store_filesystem', 'unknown filesystem')}",
+        f"- libraries: {libraries or 'not recorded'}",
+        "- page cache: warm unless a table says cold; times are medians over the run's rounds",
+    ]
+    return [*lines, ""]
+
+
+def render(
+    runs: list[list[Result]], labels: list[str], out: Path, formats: list[str], about: list[str] = ()
+) -> list[Path]:
     """Write every figure the runs allow and summary.md into `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     results = runs[0]
@@ -129,7 +154,7 @@ def render(runs: list[list[Result]], labels: list[str], out: Path, formats: list
     if len(runs) == 2:
         written += save(compare_figure(runs, labels), "compare")
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(runs, labels))
+    summary.write_text(summary_markdown(runs, labels, about))
     return [*written, summary]
 
 
@@ -290,9 +315,9 @@ def heading(result: Result) -> str:
     return f"{result.experiment}{cold}{workers}, {result.images} images of {result.size}"
 
 
-def summary_markdown(runs: list[list[Result]], labels: list[str]) -> str:
+def summary_markdown(runs: list[list[Result]], labels: list[str], about: list[str] = ()) -> str:
     """One table per experiment, count and size: median, images/s, MB/s, bytes per image, ratio to the floor."""
-    lines = [f"# Benchmark summary: {labels[0]}", ""]
+    lines = [f"# Benchmark summary: {labels[0]}", "", *about]
     tables = defaultdict(list)
     for result in runs[0]:
         tables[heading(result)].append(result)

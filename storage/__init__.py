@@ -56,12 +56,8 @@ class Backend:
 
     name: str
     store_class: type[Store]
+    family: str  # the backend whose format this name writes: itself, unless a variant
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def family(self) -> str:
-        """The backend whose format this name writes (itself, unless a variant)."""
-        return self.store_class.name
 
     @property
     def capabilities(self) -> Capabilities:
@@ -88,6 +84,10 @@ class Backend:
         """Whether a store of this name takes one image of this dtype and shape."""
         return self.codec.accepts(dtype, shape)
 
+    def open(self, location: str | os.PathLike, mode: str = "r", *, durable: bool = True, **options: object) -> Store:
+        """``storage.open`` under this name."""
+        return open(self.name, location, mode, durable=durable, **options)
+
     def is_store(self, location: str | os.PathLike) -> bool:
         return self.store_class.is_store(self.store_class.locate(location))
 
@@ -110,20 +110,24 @@ def _entry_points() -> list[metadata.EntryPoint]:
 
 @cache
 def _backends() -> dict[str, Backend]:
-    targets = {**{point.name: point.value for point in _entry_points()}, **REGISTRY}
+    """Built-in backends, their variants, then entry points not named like either, each if its module imports."""
     found = {}
-    for name in [*REGISTRY, *sorted(targets.keys() - REGISTRY.keys())]:
-        store_class = _load(targets[name])
+    for name, target in REGISTRY.items():
+        store_class = _load(target)
         if store_class is not None:
-            found[name] = Backend(name, store_class)
+            found[name] = Backend(name, store_class, name)
     for name, (base, options) in VARIANTS.items():
         if base in found:
-            found[name] = Backend(name, found[base].store_class, MappingProxyType(options))
+            found[name] = Backend(name, found[base].store_class, base, MappingProxyType(options))
+    for point in sorted(_entry_points(), key=lambda point: point.name):
+        store_class = None if point.name in REGISTRY or point.name in VARIANTS else _load(point.value)
+        if store_class is not None:
+            found[point.name] = Backend(point.name, store_class, point.name)
     return found
 
 
 def available(variants: bool = True) -> tuple[str, ...]:
-    """Names of the backends (and their variants) whose libraries import: built-ins first, then entry points."""
+    """Names of the backends (and their variants) whose libraries import: built-ins, variants, then entry points."""
     return tuple(name for name, entry in _backends().items() if variants or name == entry.family)
 
 

@@ -80,7 +80,11 @@ class NpzStore(RunFileStore):
         """Locate every member's array in the file."""
         self._file = self.location.open("rb")
         self._map: mmap.mmap | None = None
-        self._archive = zipfile.ZipFile(self._file)  # kept open to inflate deflated members
+        try:
+            self._archive = zipfile.ZipFile(self._file)  # kept open to inflate deflated members
+        except BaseException:  # not a zip archive (another backend's file, say): leave no file open
+            self._file.close()
+            raise
         if self._archive.comment != COMMENT:
             self._release()
             raise ValueError(f"{self.location} is a zip archive that is no npz image store")

@@ -1,0 +1,1 @@
+"""The storage contract run for each built-in backend, and the tests of what is particular to each."""

@@ -1,0 +1,60 @@
+"""HDF5 through the contract, plus what is its own: h5py opens it, compressed runs are chunked one image a chunk,
+compressing variants save room, and its options."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+import storage
+from storage.testing import StoreContract
+
+IMAGES = np.random.default_rng(3).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+SMOOTH = np.broadcast_to(np.arange(64, dtype=np.uint8)[:, None, None], (12, 64, 64, 3)).copy()
+
+
+class TestHdf5(StoreContract):
+    backend = "hdf5"
+
+
+def test_store_opens_with_h5py(tmp_path):
+    with storage.open("hdf5", tmp_path / "store.h5", "x") as store:
+        store.append(IMAGES[:2], [1, 2])
+    with h5py.File(tmp_path / "store.h5", "r") as file:
+        np.testing.assert_array_equal(file["images/00000000"][()], IMAGES[:2])
+        np.testing.assert_array_equal(file["labels/00000000"][()], [1, 2])
+
+
+@pytest.mark.parametrize(("name", "compression"), [("hdf5-lzf", "lzf"), ("hdf5-gzip", "gzip")])
+def test_compressed_runs_are_chunked_one_image_a_chunk(name, compression, tmp_path):
+    with storage.open(name, tmp_path / "store.h5", "x") as store:
+        store.append(IMAGES, range(12))
+    with h5py.File(tmp_path / "store.h5", "r") as file:
+        run = file["images/00000000"]
+        assert (run.compression, run.chunks) == (compression, (1, 16, 16, 3))
+
+
+@pytest.mark.parametrize("name", ["hdf5-png", "hdf5-lzf", "hdf5-gzip"])
+def test_a_compressing_variant_stores_smooth_images_in_less_room(name, tmp_path):
+    sizes = {}
+    for written_by in ("hdf5", name):
+        with storage.open(written_by, tmp_path / f"{written_by}.h5", "x") as store:
+            store.append(SMOOTH, range(12))
+            sizes[written_by] = sum(file.stat().st_size for file in store.files(store.path))
+    assert sizes[name] < 0.5 * sizes["hdf5"]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("hdf5", {"encoding": "jpeg"}, "encoding must be one of raw, png"),
+        ("hdf5", {"compression": "szip"}, "compression must be None, lzf or gzip"),
+        ("hdf5-png", {"compression": "gzip"}, "png files are compressed already"),
+    ],
+    ids=["encoding", "compression", "compressed-png"],
+)
+def test_bad_option_is_refused_and_writes_nothing(name, options, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        storage.open(name, tmp_path / "store", "x", **options)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,1 @@
+"""Timed experiments, one file per area: storing, reading, and how training reads."""

@@ -1,0 +1,92 @@
+"""What the experiments share: store and read the way a round is timed, check what came back, record what it cost.
+
+A subject is a backend (``storage.backend(name)``) or the floor (``benchmarks.floor.FLOOR``):
+both open a location like a store, so no experiment asks which one it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from storage.testing import assert_images_match
+
+from benchmarks.floor import Floor, pixel_bytes
+from storage import Backend
+from storage._base import allocated_bytes
+
+Subject = Union[Backend, Floor]
+Source = tuple[Union[np.ndarray, list], np.ndarray]
+RANDOM_READS = 1000  # ids per round of the random-access benchmarks (fewer when a store holds fewer)
+
+
+def store(subject: Subject, path: Path, images: np.ndarray | list, labels: np.ndarray, durable: bool = True) -> None:
+    """Create a store, append everything, close it (fsynced when `durable`): what a store benchmark times."""
+    with subject.open(path, "x", durable=durable) as new_store:
+        new_store.append(images, labels)
+
+
+def read_all(subject: Subject, path: Path) -> tuple[np.ndarray | list, np.ndarray | None]:
+    """Open a store, read every image in id order, close: what a read-many benchmark times."""
+    with subject.open(path) as opened:
+        return opened.read()
+
+
+def check_read_back(subject: Subject, got: tuple, images: np.ndarray | list, labels: np.ndarray) -> None:
+    """What was read equals what was written, within the codec's tolerance (checked outside the timed region)."""
+    got_images, got_labels = got
+    if got_labels is None:  # the floor keeps the pixel bytes only
+        assert np.array_equal(got_images, pixel_bytes(images))
+        return
+    if isinstance(images, np.ndarray):
+        assert isinstance(got_images, np.ndarray)
+    assert_images_match(got_images, images, subject.codec)
+    assert np.array_equal(got_labels, labels)
+
+
+def random_ids(count: int) -> np.ndarray:
+    """The seeded random ids a random-access round reads from a store of `count` images."""
+    return np.random.default_rng(0).choice(count, size=min(RANDOM_READS, count), replace=False)
+
+
+def raw_bytes(images: np.ndarray | list) -> int:
+    return int(images.nbytes) if isinstance(images, np.ndarray) else sum(int(image.nbytes) for image in images)
+
+
+def describe(benchmark, experiment: str, case, images: np.ndarray | list, **info: object) -> None:
+    """Name the table and record what is measured, before the benchmark runs."""
+    benchmark.group = case.group(experiment)
+    benchmark.extra_info.update(
+        experiment=experiment,
+        backend=case.subject.name,
+        images=case.images,
+        image_size=case.size_label,
+        dataset=case.dataset.id,
+        raw_pixel_bytes=raw_bytes(images),
+        **info,
+    )
+
+
+def record_disk_usage(benchmark, subject: Subject, path: Path, images: int, raw: int) -> None:
+    """Bytes allocated on disk, per image and relative to the raw pixels, and the file count, of a closed store."""
+    files = subject.files(path)
+    allocated = sum(allocated_bytes(file) for file in files)
+    benchmark.extra_info.update(
+        disk_bytes=allocated,
+        disk_bytes_per_image=allocated / images,
+        disk_ratio_to_raw=allocated / raw,
+        files=len(files),
+    )
+
+
+def measure_store(benchmark, run_rounds, experiment: str, case, source: Source, fresh_target, durable: bool) -> None:
+    """Time `store` from an empty target every round, then record disk usage and check the last store."""
+    images, labels = source
+    path, setup = fresh_target
+    describe(benchmark, experiment, case, images, durable=durable)
+    if not durable:
+        benchmark.group += " no-fsync"
+    run_rounds(lambda target: store(case.subject, target, images, labels, durable), setup)
+    record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
+    check_read_back(case.subject, read_all(case.subject, path), images, labels)

@@ -1,0 +1,320 @@
+"""The benchmark grid as a pytest plugin: options, presets, the cases, and the fixtures experiments share.
+
+Registered by the root ``conftest.py``. An experiment asks for `case` to be parametrised over the
+grid (backend × image count × image size); ``@pytest.mark.limit_row`` adds the floor
+(``benchmarks.floor``) as the row ``limit``, ``@pytest.mark.single_image`` fixes the count at 1,
+and ``@pytest.mark.training`` puts an experiment in the training preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import storage
+from benchmarks import machine
+from benchmarks.data import Dataset, parse_size, size_id
+from benchmarks.floor import FLOOR
+from benchmarks.harness import Source, Subject, store
+
+CIFAR = (32, 32, 3)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named grid; `training`: True runs only the training experiments, False all others, None every one."""
+
+    counts: tuple[int, ...]
+    sizes: tuple[tuple[int, ...], ...]
+    about: str
+    training: bool | None = False
+    variants: bool = False  # every variant beside its backend, unless --backends says otherwise
+
+
+PRESETS = {
+    "default": Preset((100, 10_000), (CIFAR,), "100 and 10,000 images of 32x32x3"),
+    "classic": Preset((1, 10, 100, 1_000, 10_000, 100_000), (CIFAR,), "the 2019 tutorial's 1 to 100,000 of 32x32x3"),
+    "large": Preset((10, 100, 1_000), ((256, 256, 3), (512, 512, 3)), "10 to 1,000 images of 256x256x3 and 512x512x3"),
+    "training": Preset((10_000,), (CIFAR,), "the training-read experiments only, 10,000 of 32x32x3", training=True),
+    "variants": Preset(
+        (1_000,), (CIFAR, (256, 256, 3)), "1,000 of 32x32x3 and 256x256x3, every variant too", variants=True
+    ),
+    "smoke": Preset((20, 300), (CIFAR,), "20 and 300 images, every experiment; the default with timing off", None),
+}
+MAX_ROUNDS = 200
+
+
+def parse_preset(text: str) -> str:
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"{text!r} is no preset; presets: {', '.join(PRESETS)}")
+    return text
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in storage.available()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'no backend'} not available; available: {', '.join(storage.available())}"
+        )
+    return names
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(count) for count in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"image counts are positive integers such as 100,10000; got {text!r}"
+        ) from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"image counts must be positive; got {text!r}")
+    return counts
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, ...], ...]:
+    try:
+        return tuple(parse_size(size) for size in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parse_dataset(text: str) -> Dataset:
+    try:
+        return Dataset.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("image storage", "image storage benchmark grid")
+    presets = "; ".join(f"{name}: {preset.about}" for name, preset in PRESETS.items())
+    group.addoption("--preset", type=parse_preset, help=f"named grid (default: default). {presets}")
+    group.addoption(
+        "--backends",
+        type=parse_backends,
+        help="comma-separated backends and variants from storage.available(), e.g. lmdb,lmdb-png "
+        "(default: every backend; with --preset=variants, every variant too)",
+    )
+    group.addoption("--image-counts", type=parse_counts, help="comma-separated image counts, e.g. 100,10000")
+    group.addoption("--image-sizes", type=parse_sizes, help="comma-separated HxWxC or HxW sizes, e.g. 32x32x3,64x64")
+    group.addoption(
+        "--dataset",
+        type=parse_dataset,
+        default=Dataset("synthetic"),
+        help="synthetic, cifar10:DIR (CIFAR-10 python batches) or folder:DIR (class-per-folder images)",
+    )
+    group.addoption(
+        "--no-fsync",
+        action="store_true",
+        help="store benchmarks open stores with durable=False: no fsync, the page-cache cost only",
+    )
+    group.addoption("--store-dir", help="directory for the stores under test (default: pytest's temporary directory)")
+
+
+@dataclass(frozen=True)
+class Grid:
+    backends: tuple[str, ...]
+    counts: tuple[int, ...]
+    sizes: tuple[tuple[int, ...] | None, ...]  # None: the dataset's own images (cifar10, folder)
+    dataset: Dataset
+    training: bool | None = False  # as Preset.training
+
+
+def grid(options: argparse.Namespace) -> Grid:
+    """The grid the (parsed) command-line options choose; pytest.UsageError for a combination that makes none."""
+    name = options.preset or ("smoke" if options.benchmark_disable else "default")
+    preset = PRESETS[name]
+    counts = options.image_counts or preset.counts
+    sizes = options.image_sizes or preset.sizes
+    if options.dataset.kind != "synthetic":
+        if options.image_sizes:
+            raise pytest.UsageError("--image-sizes applies to the synthetic dataset; cifar10 and folder keep their own")
+        sizes = (None,)
+    backends = options.backends or storage.available(variants=preset.variants)
+    return Grid(backends, counts, sizes, options.dataset, preset.training)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of the grid; its str is the readable test id, e.g. ``lmdb-n=1000-32x32x3``."""
+
+    subject: Subject
+    count: int | None  # None: a single image, left out of the id
+    size: tuple[int, ...] | None
+    dataset: Dataset
+
+    @property
+    def size_label(self) -> str:
+        return size_id(self.size) if self.size else self.dataset.id
+
+    def __str__(self) -> str:
+        return "-".join([self.subject.name, *([f"n={self.count}"] if self.count else []), self.size_label])
+
+    def group(self, experiment: str) -> str:
+        """The table this case is printed in: every backend side by side for one experiment, count and size."""
+        return " ".join([experiment, *([f"n={self.count}"] if self.count else []), self.size_label])
+
+    @property
+    def images(self) -> int:
+        return self.count or 1
+
+
+GRID = pytest.StashKey[Grid]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "limit_row: also run the floor (benchmarks.floor), as the row 'limit'")
+    config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
+    config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
+    config.addinivalue_line("markers", "training: how training reads; runs with --preset=training (and smoke)")
+    config.stash[GRID] = grid(config.option)  # a combination that makes no grid stops the run here
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the experiments the preset runs: the training ones, the others, or (smoke) all."""
+    kept = [item for item in items if runs_in(config.stash[GRID], item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def runs_in(chosen: Grid, item: pytest.Item) -> bool:
+    """Whether a collected test runs in this grid: every test that is no experiment does."""
+    if chosen.training is None or "case" not in item.fixturenames:
+        return True
+    return bool(item.get_closest_marker("training")) == chosen.training
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.stash[GRID]
+    subjects = [storage.backend(name) for name in chosen.backends]
+    if metafunc.definition.get_closest_marker("limit_row"):
+        subjects.append(FLOOR)
+    counts = (None,) if metafunc.definition.get_closest_marker("single_image") else chosen.counts
+    cases = [Case(subject, n, size, chosen.dataset) for n in counts for size in chosen.sizes for subject in subjects]
+    metafunc.parametrize("case", cases, ids=str)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine.update(machine_info, config.getoption("store_dir"))
+
+
+def _free_memory() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def skip_unless_room(case: Case, where: Path) -> None:
+    """Skip a cell whose data would not fit the free memory (source + result) or disk (two stores)."""
+    if case.size is None:
+        return  # a real dataset's size is only known once loaded; it was downloaded to this disk already
+    raw = case.images * math.prod(case.size)
+    memory, disk, gib = _free_memory(), shutil.disk_usage(where).free, 1 << 30
+    if 3 * raw > memory:
+        pytest.skip(f"{case} needs about {3 * raw / gib:.1f} GiB of memory; {memory / gib:.1f} GiB available")
+    if 2 * raw > disk:
+        pytest.skip(f"{case} needs about {2 * raw / gib:.1f} GiB of disk in {where}; {disk / gib:.1f} GiB free")
+
+
+@pytest.fixture(scope="session")
+def store_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = request.config.getoption("store_dir")
+    root = Path(chosen) / f"image-storage-{os.getpid()}" if chosen else tmp_path_factory.mktemp("stores")
+    root.mkdir(parents=True, exist_ok=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def source(case: Case, store_root: Path) -> Source:
+    """The images and labels of this case, made or loaded outside any timed region."""
+    skip_unless_room(case, store_root)
+    try:
+        return case.dataset.load(case.images, case.size)
+    except ValueError as error:  # a real dataset with fewer images than asked for
+        pytest.skip(str(error))
+
+
+@dataclass
+class BuiltStores:
+    """Stores built once per session for the read benchmarks, outside any timed region."""
+
+    root: Path
+    built: dict
+
+    def get(self, case: Case, images: np.ndarray | list, labels: np.ndarray) -> Path:
+        key = (case.subject.name, case.images, case.size, case.dataset)
+        if key not in self.built:
+            path = self.root / f"{case}-read"
+            store(case.subject, path, images, labels)
+            self.built[key] = path
+        return self.built[key]
+
+
+@pytest.fixture(scope="session")
+def built_stores(store_root: Path) -> BuiltStores:
+    return BuiltStores(store_root, {})
+
+
+@pytest.fixture(scope="session")
+def durable(pytestconfig: pytest.Config) -> bool:
+    """Whether store benchmarks fsync (the default) or, with --no-fsync, measure the page-cache cost only."""
+    return not pytestconfig.getoption("no_fsync")
+
+
+@pytest.fixture
+def fresh_target(case: Case, store_root: Path):
+    """A setup for `benchmark.pedantic`: every round gets an empty target path (cleared outside timing)."""
+    path = store_root / f"{case}-store"
+
+    def setup():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        return (path,), {}
+
+    yield path, setup
+    setup()
+
+
+@pytest.fixture
+def run_rounds(benchmark, pytestconfig: pytest.Config):
+    """``run_rounds(target, setup)``: `benchmark.pedantic` with enough rounds to fill --benchmark-max-time.
+
+    At least --benchmark-min-rounds; one untimed round first measures the cost (and, for reads,
+    warms the page cache). With benchmarking disabled, one plain call.
+    """
+
+    def run(target, setup=_no_setup):
+        if benchmark.disabled:
+            return benchmark.pedantic(target, setup=setup)
+        args, _ = setup()
+        start = time.perf_counter()
+        target(*args)
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        min_rounds = int(pytestconfig.getoption("benchmark_min_rounds"))  # defaults arrive as strings
+        max_time = float(pytestconfig.getoption("benchmark_max_time"))
+        rounds = min(MAX_ROUNDS, max(min_rounds, math.ceil(max_time / elapsed)))
+        return benchmark.pedantic(target, setup=setup, rounds=rounds)
+
+    return run
+
+
+def _no_setup():
+    return (), {}

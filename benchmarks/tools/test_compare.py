@@ -1,0 +1,131 @@
+"""The regression gate: its verdicts, an A/A comparison, and a slowdown injected into a copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import machine
+from benchmarks.compare import Samples, judge, parser
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_FILES = ("storage", "benchmarks", "conftest.py", "pyproject.toml")
+# Small and quick, but large enough that one read takes milliseconds rather than microseconds.
+SUBSET = [
+    "benchmarks/experiments/test_read.py",
+    "-k",
+    "test_read_many",
+    "--backends=npz,hdf5",
+    "--image-counts=5000",
+    "--image-sizes=32x32x3",
+    "--benchmark-max-time=0.05",
+    "--benchmark-min-rounds=5",
+]
+SLOW_NPZ_READ = """
+
+_read_once = NpzStore._read
+
+
+def _read_twice(self, ids):  # injected by test_compare: every read done twice
+    _read_once(self, ids)
+    return _read_once(self, ids)
+
+
+NpzStore._read = _read_twice
+"""
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="the comparison checks revisions out with git")
+
+
+DEFAULTS = parser().parse_args(["HEAD"])
+
+
+@pytest.mark.parametrize(
+    ("head_scale", "noise", "verdict"),
+    [
+        (1.5, 0.01, "REGRESSED: slower"),  # large and significant
+        (1.1, 0.01, ""),  # significant but under the 20% threshold
+        (1.5, 0.6, ""),  # large on average but within the rounds' noise
+        (0.5, 0.01, "faster"),
+    ],
+)
+def test_judge_flags_only_large_significant_slowdowns(head_scale, noise, verdict):
+    wobble = [1 + noise * step for step in (0.0, 0.5, -0.5, 1.0, -1.0)]
+    base = Samples([1e-3 * w for w in wobble])
+    head = Samples([1e-3 * head_scale * w for w in reversed(wobble)])
+    assert judge("test_x", base, head, DEFAULTS).verdict == verdict
+
+
+def test_judge_flags_disk_growth_beyond_tolerance():
+    times = [1e-3, 1.01e-3, 0.99e-3, 1.02e-3, 0.98e-3]
+    grown = judge("test_x", Samples(times, [3000.0] * 5), Samples(times, [3100.0] * 5), DEFAULTS)
+    assert grown.verdict == "REGRESSED: bigger on disk"
+    same = judge("test_x", Samples(times, [3000.0] * 5), Samples(times, [3010.0] * 5), DEFAULTS)
+    assert same.verdict == ""
+
+
+def test_saved_machine_info_is_stable_and_complete(tmp_path):
+    info = {"cpu": {"brand_raw": "Some CPU", "hz_actual": [2_900_000_000, 0], "hz_actual_friendly": "2.9 GHz"}}
+    machine.update(info, str(tmp_path))
+    assert info["cpu"] == {"brand_raw": "Some CPU"}
+    assert set(info["libraries"]) == set(machine.LIBRARIES)
+    assert info["libraries"]["numpy"][0].isdigit()
+    assert info["backends"]
+    assert info["store_filesystem"]
+    if sys.platform == "linux":
+        assert info["store_filesystem"] != "unknown"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of this project (uncommitted changes included) as a one-commit git repository."""
+    copy = tmp_path / "project"
+    copy.mkdir()
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, copy / name)
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "base"]):
+        git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *command]
+        subprocess.run(git, cwd=copy, check=True, capture_output=True)
+    return copy
+
+
+def run_compare(project: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(project))
+    command = [sys.executable, "-m", "benchmarks.compare", "HEAD", "--", *SUBSET]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
+
+
+def rows(stdout: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in stdout.splitlines() if line.startswith("test_")}
+
+
+@pytest.mark.gate
+@needs_git
+def test_same_revision_reports_no_regression(project):
+    result = run_compare(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No regression." in result.stdout
+    assert set(rows(result.stdout)) == {f"test_read_many[{b}-n=5000-32x32x3]" for b in ("limit", "npz", "hdf5")}
+    assert "REGRESSED" not in result.stdout
+
+
+@pytest.mark.gate
+@needs_git
+def test_injected_slowdown_is_reported(project):
+    with (project / "storage" / "npz_store.py").open("a") as module:
+        module.write(SLOW_NPZ_READ)
+    result = run_compare(project)
+    assert result.returncode == 1, result.stdout + result.stderr
+    found = rows(result.stdout)
+    assert "REGRESSED: slower" in found["test_read_many[npz-n=5000-32x32x3]"]
+    assert "REGRESSED" not in found["test_read_many[hdf5-n=5000-32x32x3]"]
+    assert "1 regressed." in result.stdout

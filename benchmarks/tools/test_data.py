@@ -1,0 +1,92 @@
+"""The benchmark data: the synthetic generator and the loaders, on small data made here."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.data import Dataset, cifar10, folder, parse_size, synthetic
+
+
+def test_synthetic_is_deterministic_and_prefix_stable():
+    images, labels = synthetic(300, (32, 32, 3))
+    again, again_labels = synthetic(300, (32, 32, 3))
+    fewer, _ = synthetic(257, (32, 32, 3))
+    assert images.dtype == np.uint8
+    assert images.shape == (300, 32, 32, 3)
+    assert np.array_equal(images, again)
+    assert np.array_equal(labels, again_labels)
+    assert np.array_equal(fewer, images[:257])  # a smaller run is a prefix of a larger one
+    assert synthetic(2, (20, 30))[0].shape == (2, 20, 30)
+
+
+def test_synthetic_images_look_natural_not_like_noise():
+    """Smooth (neighbours close) yet varied, and PNG compresses them, unlike uniform noise."""
+    images, _ = synthetic(64, (32, 32, 3))
+    neighbour_step = np.abs(np.diff(images.astype(np.int16), axis=2)).mean()
+    assert neighbour_step < 12  # uniform noise would give about 85
+    assert images.std() > 30
+    encoded = io.BytesIO()
+    Image.fromarray(images[0]).save(encoded, format="PNG")
+    assert encoded.tell() < images[0].nbytes
+
+
+def write_cifar_batch(path, images_chw: np.ndarray, labels: list[int]) -> None:
+    with path.open("wb") as file:
+        pickle.dump({b"data": images_chw.reshape(len(labels), -1), b"labels": labels}, file)
+
+
+def test_cifar10_loader_reads_python_batches_in_order(tmp_path):
+    rng = np.random.default_rng(1)
+    first = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    second = rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    write_cifar_batch(tmp_path / "data_batch_1", first, [0, 1, 2])
+    write_cifar_batch(tmp_path / "data_batch_2", second, [9, 8])
+    images, labels = cifar10(tmp_path, 4)
+    assert images.shape == (4, 32, 32, 3)
+    assert images.flags.c_contiguous
+    assert np.array_equal(images[:3], first.transpose(0, 2, 3, 1))
+    assert np.array_equal(images[3], second[0].transpose(1, 2, 0))
+    assert labels.tolist() == [0, 1, 2, 9]
+    with pytest.raises(ValueError, match="holds 5 CIFAR-10 images"):
+        cifar10(tmp_path, 6)
+
+
+def test_folder_loader_labels_by_sorted_class_folder(tmp_path):
+    cat, dog = np.full((4, 5, 3), 10, np.uint8), np.full((6, 2), 200, np.uint8)
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(cat).save(tmp_path / "cat" / "a.png")
+    Image.fromarray(dog).save(tmp_path / "dog" / "b.png")
+    Image.fromarray(cat).convert("P").save(tmp_path / "dog" / "c.png")  # a palette image becomes RGB
+    images, labels = folder(tmp_path, 3)
+    assert labels.tolist() == [0, 1, 1]
+    assert np.array_equal(images[0], cat)
+    assert np.array_equal(images[1], dog)
+    assert images[2].shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="holds 3 image files in 2 class folders"):
+        folder(tmp_path, 4)
+
+
+@pytest.mark.parametrize(("text", "size"), [("32x32x3", (32, 32, 3)), ("64X48", (64, 48))])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["32", "32x0x3", "axb", "1x2x3x4"])
+def test_parse_size_refuses_nonsense(text):
+    with pytest.raises(ValueError, match="HxW or HxWxC"):
+        parse_size(text)
+
+
+def test_dataset_option_parsing(tmp_path):
+    assert Dataset.parse("synthetic") == Dataset("synthetic")
+    assert Dataset.parse(f"folder:{tmp_path}") == Dataset("folder", tmp_path)
+    with pytest.raises(ValueError, match="not a directory"):
+        Dataset.parse(f"cifar10:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="synthetic, cifar10:DIR or folder:DIR"):
+        Dataset.parse("imagenet")

@@ -1,0 +1,168 @@
+"""The grid plugin: options parse into a grid, bad options are one-line usage errors, presets pick experiments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import storage
+from benchmarks import plugin
+from benchmarks.data import Dataset
+from benchmarks.floor import FLOOR
+from benchmarks.plugin import PRESETS, Case, grid
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_case_ids_and_groups_read_like_the_experiment():
+    case = Case(storage.backend("lmdb"), 1000, (32, 32, 3), Dataset("synthetic"))
+    assert str(case) == "lmdb-n=1000-32x32x3"
+    assert case.group("read-many") == "read-many n=1000 32x32x3"
+    assert str(Case(storage.backend("hdf5"), None, None, Dataset("cifar10"))) == "hdf5-cifar10"
+    assert str(Case(FLOOR, 5, (4, 4), Dataset("synthetic"))) == "limit-n=5-4x4"
+
+
+def test_presets_hold_the_classic_and_large_grids():
+    assert PRESETS["classic"].counts == (1, 10, 100, 1_000, 10_000, 100_000)
+    assert PRESETS["classic"].sizes == ((32, 32, 3),)
+    assert {(256, 256, 3), (512, 512, 3)} == set(PRESETS["large"].sizes)
+
+
+def collect(*options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *options]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def test_grid_options_choose_the_cells():
+    result = collect(
+        "benchmarks/experiments/test_read.py::test_read_many",
+        "--backends=npz,hdf5",
+        "--image-counts=7,9",
+        "--image-sizes=8x8",
+    )
+    ids = sorted(line.split("[")[1].rstrip("]") for line in result.stdout.splitlines() if "[" in line)
+    assert ids == sorted(f"{b}-n={n}-8x8" for b in ("npz", "hdf5", "limit") for n in (7, 9))
+
+
+def options(**given: object) -> argparse.Namespace:
+    """Parsed grid options, as pytest hands them to the plugin; timing on unless told."""
+    chosen = {"preset": None, "backends": None, "image_counts": None, "image_sizes": None, "benchmark_disable": False}
+    return argparse.Namespace(**{**chosen, "dataset": Dataset("synthetic"), **given})
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [
+        (plugin.parse_backends, "tiff", "tiff not available; available: png, lmdb"),
+        (
+            plugin.parse_preset,
+            "huge",
+            "'huge' is no preset; presets: default, classic, large, training, variants, smoke",
+        ),
+        (plugin.parse_sizes, "32", "HxW or HxWxC"),
+        (plugin.parse_counts, "0", "image counts must be positive"),
+        (plugin.parse_counts, "1e4", "image counts are positive integers such as 100,10000; got '1e4'"),
+        (plugin.parse_dataset, "imagenet", "synthetic, cifar10:DIR or folder:DIR"),
+    ],
+)
+def test_bad_grid_options_are_refused_with_what_is_allowed(parse, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+        parse(text)
+
+
+def test_image_sizes_with_a_real_dataset_is_a_usage_error(tmp_path):
+    chosen = options(dataset=Dataset("folder", tmp_path), image_sizes=((8, 8),))
+    with pytest.raises(pytest.UsageError, match="--image-sizes applies to the synthetic dataset"):
+        grid(chosen)
+
+
+@pytest.mark.parametrize("spelling", [["--backends=tiff"], ["--preset", "unknown"]])
+def test_a_bad_option_stops_the_run_before_collection(spelling):
+    result = collect("benchmarks/experiments/test_read.py", *spelling)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "Traceback" not in result.stderr
+    assert f"argument {spelling[0].split('=')[0]}:" in result.stderr
+
+
+def test_help_lists_every_preset():
+    result = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=ROOT, capture_output=True, text=True)
+    flat = " ".join(result.stdout.split())
+    for name, preset in PRESETS.items():
+        assert f"{name}: {' '.join(preset.about.split())}" in flat
+
+
+def test_no_fsync_option_is_recorded_in_the_results(tmp_path):
+    command = [
+        *(sys.executable, "-m", "pytest", "--benchmark-only", "-q", "-p", "no:cacheprovider", "--no-fsync"),
+        *("benchmarks/experiments/test_store.py::test_store_many", "--backends=npz"),
+        *("--image-counts=5", "--image-sizes=4x4"),
+        *("--benchmark-max-time=0.001", "--benchmark-min-rounds=1", f"--benchmark-json={tmp_path / 'run.json'}"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-2000:]
+    benchmarks = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
+    assert {b["extra_info"]["backend"] for b in benchmarks} == {"npz", "limit"}
+    for benchmark in benchmarks:
+        assert benchmark["extra_info"]["durable"] is False
+        assert benchmark["group"] == "store-many n=5 4x4 no-fsync"
+
+
+def test_variants_run_in_their_preset_or_when_named():
+    assert grid(options()).backends == storage.available(variants=False)
+    assert grid(options(preset="variants")).backends == storage.available()
+    assert set(storage.VARIANTS) <= set(grid(options(preset="variants")).backends)
+    assert grid(options(backends=("lmdb", "lmdb-pickle"))).backends == ("lmdb", "lmdb-pickle")
+
+
+def test_timing_off_defaults_to_the_smoke_grid():
+    assert grid(options(benchmark_disable=True)).counts == PRESETS["smoke"].counts
+    assert grid(options()).counts == PRESETS["default"].counts
+    assert grid(options(preset="classic")).counts == PRESETS["classic"].counts
+    assert grid(options(image_counts=(7,))).counts == (7,)
+
+
+class Collected:
+    """Stands in for a collected test: its fixtures and markers."""
+
+    def __init__(self, *fixtures: str, marker: str = "") -> None:
+        self.fixturenames = fixtures
+        self.marker = marker
+
+    def get_closest_marker(self, name: str) -> str | None:
+        return self.marker if name == self.marker else None
+
+
+@pytest.mark.parametrize(
+    ("chosen", "runs"),
+    [
+        (options(), {"read-many", "a contract test"}),
+        (options(preset="training"), {"grow", "a contract test"}),
+        (options(benchmark_disable=True), {"read-many", "grow", "a contract test"}),
+        (options(preset="smoke"), {"read-many", "grow", "a contract test"}),
+    ],
+    ids=["default", "training", "timing-off", "smoke"],
+)
+def test_training_experiments_run_in_their_preset_and_in_smoke(chosen, runs):
+    tests = {
+        "read-many": Collected("case", "benchmark"),
+        "grow": Collected("case", "benchmark", marker="training"),
+        "a contract test": Collected("tmp_path"),
+    }
+    assert {name for name, test in tests.items() if plugin.runs_in(grid(chosen), test)} == runs
+
+
+def test_the_training_preset_deselects_the_other_experiments():
+    result = collect(
+        "benchmarks/experiments/test_training.py::test_grow",
+        "benchmarks/experiments/test_read.py::test_read_many",
+        "--backends=npz",
+        "--preset=training",
+    )
+    assert {line.split("::")[1].split("[")[0] for line in result.stdout.splitlines() if "::" in line} == {"test_grow"}
+    assert "deselected" in result.stdout

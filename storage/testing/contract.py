@@ -1,0 +1,668 @@
+"""The storage contract: what every backend promises, as a class a backend's test file subclasses.
+
+``class TestMine(StoreContract): backend = "mine"`` runs each test taking `name` once per name of
+the family (the backend and each of its variants) and the family-wide tests once: damaged copies,
+crash safety, concurrent readers, and all names sharing one store. Images come back bit-exact from
+a lossless codec and within its ``min_psnr`` from a lossy one, always in their dtype and shape;
+labels always exactly. Generic tests ask a store's capabilities and codec, never its name.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import storage
+from storage import _durable, codecs
+from storage.testing.assertions import Tolerance, assert_images_match, assert_read_match, store_path
+from storage.testing.isolation import run_forked
+from storage.testing.strategies import REQUIRED, batches, image_shape, labelled, layouts, mixed_images, rejected_layouts
+
+needs_fork = pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
+DOCUMENTED_ERRORS = ("DamagedStoreError", "ValueError", "FileNotFoundError")  # what a damaged store may raise
+HEADROOM = 1 << 30  # a reader may map 1 GiB more than the test process: a forged size needs far more
+PREFERRED = ((np.dtype("u1"), 3), (np.dtype("u1"), None), (np.dtype("u2"), None))  # sample layouts, best first
+
+
+def family_names(family: str) -> list[str]:
+    """The names that write `family`'s format: the backend, then its variants."""
+    return [name for name in storage.available() if storage.family(name) == family]
+
+
+def sample_layout(*names: str) -> tuple[np.dtype, int | None]:
+    """A (dtype, channels) layout every one of `names` accepts: colour uint8 where they can take it."""
+    for layout in (*PREFERRED, *layouts(names[0])):
+        if all(layout in layouts(name) for name in names):
+            return layout
+    raise AssertionError(f"{', '.join(names)} accept no common layout")
+
+
+def sample_images(*names: str, count: int = 2, height: int = 4, width: int = 5, seed: int = 0) -> np.ndarray:
+    """`count` seeded random images of one layout that all of `names` accept."""
+    dtype, channels = sample_layout(*names)
+    values = np.random.default_rng(seed).integers(0, 256, (count, *image_shape(height, width, channels)))
+    return values.astype(dtype)
+
+
+def tolerance_of(names: list[str]) -> Tolerance:
+    """How closely images written by any of `names` come back: bit-exact, or the loosest PSNR bound among them."""
+    bounds = [storage.backend(name).codec.min_psnr for name in names if not storage.backend(name).codec.lossless]
+    return min(bounds) if bounds else codecs.RAW
+
+
+def snapshot(store: storage.Store) -> dict[str, int]:
+    """Every file in the store's directory (or beside its file) with its size, but files a reader may touch."""
+    root = store.path if store.capabilities.directory else store.path.parent
+    return {
+        str(path): path.stat().st_size
+        for path in root.rglob("*")
+        if path.is_file() and path.name not in store.capabilities.lock_files
+    }
+
+
+def open_and_read(name: str, path: Path) -> int:
+    """Open a store, read it all, then each image alone and out of order: its length."""
+    with storage.open(name, path) as store:
+        images, labels = store.read()
+        assert len(images) == len(labels) == len(store)
+        for image_id in reversed(range(len(store))):
+            store[image_id]
+        return len(store)
+
+
+def damage(files: list[Path], data: st.DataObject) -> str:
+    """Truncate, flip bytes of, replace or delete one of `files`; what was done."""
+    target = data.draw(st.sampled_from(sorted(files)), label="file")
+    content = bytearray(target.read_bytes())
+    kind = data.draw(st.sampled_from(["truncate", "flip", "replace", "delete"]), label="kind")
+    near_start = st.integers(0, max(0, min(len(content), 4096) - 1))  # headers live here
+    anywhere = st.integers(0, max(0, len(content) - 1))
+    if kind == "truncate":
+        content = content[: data.draw(st.one_of(near_start, anywhere), label="length")]
+    elif kind == "flip" and content:
+        for position in data.draw(st.lists(st.one_of(near_start, anywhere), min_size=1, max_size=8), label="at"):
+            content[position] ^= data.draw(st.integers(1, 255), label="mask")
+    elif kind == "replace":
+        content = bytearray(data.draw(st.binary(max_size=2 * len(content) + 64), label="bytes"))
+    if kind == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(bytes(content))
+    return f"{kind} {target.name}"
+
+
+def draws_data(share: float) -> Callable[[Callable], Callable]:
+    """Mark a contract test that takes hypothesis' `data`: each subclass gets its own ``@given`` copy of it,
+    running `share` of the settings profile's examples (at least 5), since it runs once per name."""
+
+    def mark(test: Callable) -> Callable:
+        test.share_of_examples = share
+        return test
+
+    return mark
+
+
+# (id, bad images and labels made from two good images, error, message); {shape} is the bad images' shape
+BAD_APPENDS = [
+    ("one-label-short", lambda good: (good, [1]), ValueError, "2 images but 1 labels"),
+    ("one-label-over", lambda good: (good, [1, 2, 3]), ValueError, "2 images but 3 labels"),
+    ("float-label", lambda good: (good, [1, 2.0]), TypeError, "label 2.0 at position 1 is not an integer"),
+    ("text-label", lambda good: (good, [1, "2"]), TypeError, "is not an integer"),
+    ("bool-label", lambda good: (good, [True, 2]), TypeError, "is not an integer"),
+    ("float-label-array", lambda good: (good, np.array([1.0, 2.0])), TypeError, "float64"),
+    ("labels-not-a-sequence", lambda good: (good, 3), TypeError, "labels must be a sequence"),
+    ("label-beyond-int64", lambda good: (good, [1, 2**63]), ValueError, "does not fit in int64"),
+    (
+        "uint64-label-beyond-int64",
+        lambda good: (good, np.array([1, 2**63], dtype=np.uint64)),
+        ValueError,
+        "does not fit in int64",
+    ),
+    ("one-row", lambda good: (good[0, 0], [1, 2, 3, 4]), ValueError, "shape (N, H, W) or (N, H, W, C), got {shape}"),
+    ("too-many-axes", lambda good: (good[:, np.newaxis, np.newaxis], [1, 2]), ValueError, "got {shape}"),
+    ("empty-side", lambda good: (np.zeros((2, 0, 5), good.dtype), [1, 2]), ValueError, "of shape (0, 5)"),
+    ("object-dtype", lambda good: (good.astype(object), [1, 2]), ValueError, "object"),
+    ("flat-image", lambda good: ([good[0], np.zeros(5, good.dtype)], [1, 2]), ValueError, "of shape (5,)"),
+    ("text-image", lambda good: ([good[0], "text"], [1, 2]), ValueError, "<U4"),
+    ("text-images", lambda good: ("text", [1]), TypeError, "images must be an array or a sequence"),
+]
+# Images of different layouts but 32 bytes each: a store must not mix up one layout with another.
+EQUAL_SIZE = (
+    np.arange(32, dtype=np.uint8).reshape(4, 8),
+    (np.arange(16, dtype=np.uint16) * 4099).reshape(4, 4),
+    np.arange(32, dtype=np.uint8).reshape(8, 4),
+    np.arange(8, dtype=np.float32).reshape(2, 4),
+)
+CRASH_BATCH, CRASH_APPENDS, CRASH_TRIALS = 20, 6, 6  # images per append, appends by the killed writer, kills
+READ_BATCH, READ_APPENDS, READERS = 20, 12, 2  # images per append, appends while readers read, reader processes
+
+
+class StoreContract:
+    """Subclass with ``backend = "<family name>"``; add tests of what is particular to that backend."""
+
+    backend: ClassVar[str]
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Run each test that takes `name` once per name of the family, with a readable id."""
+        names = family_names(self.backend)
+        if "layout" in metafunc.fixturenames:  # only the required layouts that a name accepts
+            cases = [(name, layout) for name in names for layout in REQUIRED if layout in layouts(name)]
+            ids = [f"{name}-{layout[0]}{'' if layout[1] is None else f'x{layout[1]}'}" for name, layout in cases]
+            metafunc.parametrize(("name", "layout"), cases, ids=ids)
+        elif "name" in metafunc.fixturenames:
+            metafunc.parametrize("name", names)
+        if "other" in metafunc.fixturenames:
+            metafunc.parametrize("other", [f for f in storage.available(variants=False) if f != self.backend])
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Give the subclass its own ``@given`` copy of each test that draws data, made now: with the settings
+        profile the test run loaded. pytest makes an instance per test, which is all that differs between
+        executors here, so that health check is off."""
+        super().__init_subclass__(**kwargs)
+        profile = settings.default
+        checks = [*profile.suppress_health_check, HealthCheck.differing_executors]
+        for attribute, test in vars(StoreContract).items():
+            current = getattr(cls, attribute)
+            inner = getattr(getattr(current, "hypothesis", None), "inner_test", current)
+            if hasattr(test, "share_of_examples") and inner is test:
+                examples = max(5, round(profile.max_examples * test.share_of_examples))
+                chosen = settings(profile, max_examples=examples, suppress_health_check=checks)
+                setattr(cls, attribute, chosen(given(data=st.data())(test)))
+
+    @pytest.fixture
+    def store(self, name: str, tmp_path: Path):
+        """An open, writable store of `name` holding two sample images, labelled 7 and 8."""
+        with storage.open(name, tmp_path / "store", "x", durable=False) as store:
+            store.append(sample_images(name), [7, 8])
+            yield store
+
+    # --- round trips -------------------------------------------------------------------------
+    # Round trips skip fsync (durable=False): what comes back does not depend on it, and it is slow. Each
+    # runs half the profile's examples, for every name of the family.
+
+    @draws_data(share=0.5)
+    def test_single_image_roundtrip(self, name: str, data: st.DataObject) -> None:
+        image, label = data.draw(batches(name, 1, 1))[0], data.draw(st.integers(-(2**63), 2**63 - 1))
+        with store_path(name) as path:
+            with storage.open(name, path, "x", durable=False) as store:
+                store.append([image], [label])
+            with storage.open(name, path) as store:
+                got, got_label = store[0]
+                assert_images_match([got], [image], store.codec)
+                assert got_label == label
+                assert type(got_label) is int
+
+    @draws_data(share=0.5)
+    def test_uniform_batch_roundtrip(self, name: str, data: st.DataObject) -> None:
+        images, labels = data.draw(labelled(batches(name)))
+        with store_path(name) as path:
+            with storage.open(name, path, "x", durable=False) as store:
+                store.append(images, np.array(labels, dtype=np.int64))
+            with storage.open(name, path) as store:
+                assert len(store) == len(images)
+                assert_read_match(store, None, list(images), labels)
+
+    @draws_data(share=0.5)
+    def test_mixed_shape_batch_roundtrip(self, name: str, data: st.DataObject) -> None:
+        images, labels = data.draw(labelled(mixed_images(name)))
+        with store_path(name) as path:
+            with storage.open(name, path, "x", durable=False) as store:
+                store.append(images, labels)
+            with storage.open(name, path) as store:
+                assert_read_match(store, None, images, labels)
+                for image_id, (image, label) in enumerate(zip(images, labels)):
+                    got, got_label = store[image_id]
+                    assert_images_match([got], [image], store.codec)
+                    assert got_label == label
+
+    @draws_data(share=0.5)
+    def test_appends_across_reopen_roundtrip(self, name: str, data: st.DataObject) -> None:
+        appends = data.draw(st.lists(labelled(batches(name) | mixed_images(name)), min_size=1, max_size=3))
+        expected_images, expected_labels = [], []
+        with store_path(name) as path:
+            for images, labels in appends:
+                with storage.open(name, path, "a", durable=False) as store:
+                    assert len(store) == len(expected_images)
+                    store.append(images, labels)
+                expected_images += list(images)
+                expected_labels += labels
+            with storage.open(name, path) as store:
+                assert_read_match(store, None, expected_images, expected_labels)
+
+    @draws_data(share=0.5)
+    def test_read_ids_roundtrip(self, name: str, data: st.DataObject) -> None:
+        """Shuffled and repeated ids, and slices, come back in the order asked for."""
+        images, labels = data.draw(labelled(batches(name) | mixed_images(name)))
+        count = len(images)
+        ids = data.draw(st.lists(st.integers(0, count - 1), max_size=3 * count) | st.slices(count))
+        selected = range(count)[ids] if isinstance(ids, slice) else ids
+        with store_path(name) as path, storage.open(name, path, "x", durable=False) as store:
+            store.append(images, labels)
+            if not len(selected):
+                assert store.read(ids)[0] == []
+                return
+            assert_read_match(store, ids, [images[i] for i in selected], [labels[i] for i in selected])
+
+    def test_required_layouts_roundtrip(self, name: str, layout: tuple, tmp_path: Path) -> None:
+        """The usual layouts (uint8 grey, 1/3/4 channels, 2-D uint16) that a backend accepts, at full value range."""
+        dtype, channels = layout
+        info = np.iinfo(dtype)
+        image = np.linspace(info.min, info.max, 5 * 7 * (channels or 1)).astype(dtype)
+        image = image.reshape(image_shape(5, 7, channels))
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(image[np.newaxis], [2**63 - 1])
+        with storage.open(name, tmp_path / "store") as store:
+            assert_read_match(store, [0], [image], [2**63 - 1])
+
+    def test_equal_size_layouts_roundtrip(self, name: str, tmp_path: Path) -> None:
+        """Images of different layouts but equal byte counts come back in their own layouts."""
+        chosen = storage.backend(name)
+        images = [image for image in EQUAL_SIZE if chosen.accepts(image.dtype, image.shape)]
+        assert len(images) >= 2, f"{name} accepts fewer than two of the equal-size layouts"
+        images += [image[::-1].copy() for image in images]
+        labels = list(range(len(images)))
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(images, labels)
+        with storage.open(name, tmp_path / "store") as store:
+            assert_read_match(store, None, images, labels)
+            assert_read_match(store, [len(images) - 1, 0], [images[-1], images[0]], [labels[-1], 0])
+
+    def test_durable_setting_is_stated_and_can_be_traded_for_speed(self, name: str, tmp_path: Path, monkeypatch):
+        """Appends flush to disk unless opened with durable=False (a library that commits durably does it unseen)."""
+        images = sample_images(name, count=1)
+        flushes = []
+        monkeypatch.setattr(os, "fsync", lambda descriptor: flushes.append(descriptor))
+        if hasattr(os, "fdatasync"):
+            monkeypatch.setattr(os, "fdatasync", lambda descriptor: flushes.append(descriptor))
+        monkeypatch.setattr(_durable, "_syncfs", lambda directory: flushes.append(directory) or True)
+        seen_by_python = storage.backend(name).capabilities.durability != "library"
+        for durable in (True, False):
+            with storage.open(name, tmp_path / f"store-{durable}", "x", durable=durable) as store:
+                assert store.durable is durable
+                flushes.clear()
+                store.append(images, [7])
+                assert bool(flushes) == (durable and seen_by_python)
+            with storage.open(name, tmp_path / f"store-{durable}") as store:
+                assert_read_match(store, None, list(images), [7])
+        with pytest.raises(TypeError, match="durable must be True or False"):
+            storage.open(name, tmp_path / "store-bad", "x", durable="yes")
+        assert not (tmp_path / "store-bad").exists()
+
+    # --- bad input and misuse: a clear error, and nothing written -----------------------------
+
+    @pytest.mark.parametrize(
+        ("make", "error", "message"), [case[1:] for case in BAD_APPENDS], ids=[c[0] for c in BAD_APPENDS]
+    )
+    def test_bad_append_raises_and_writes_nothing(self, store, make, error, message) -> None:
+        good, _ = store.read()
+        images, labels = make(good)
+        before = snapshot(store)
+        with pytest.raises(error, match=re.escape(message.format(shape=getattr(images, "shape", None)))):
+            store.append(images, labels)
+        assert len(store) == 2
+        assert snapshot(store) == before
+        assert_read_match(store, None, list(good), [7, 8], codecs.RAW)
+
+    def test_unsupported_layout_names_backend_and_writes_nothing(self, name: str, tmp_path: Path) -> None:
+        good = sample_images(name)
+        with storage.open(name, tmp_path / "store", "x") as store:
+            before = snapshot(store)
+            for dtype, channels in rejected_layouts(name):
+                image = np.zeros(image_shape(3, 3, channels), dtype)
+                with pytest.raises(ValueError, match=f"the {re.escape(name)} backend holds .*; got a {dtype} image"):
+                    store.append([good[0], image], [1, 2])
+            assert len(store) == 0
+            assert snapshot(store) == before
+
+    def test_empty_append_is_a_no_op(self, store) -> None:
+        good, _ = store.read()
+        before = snapshot(store)
+        store.append(np.empty((0, *good.shape[1:]), good.dtype), [])
+        store.append([], np.array([], dtype=np.int64))
+        assert len(store) == 2
+        assert snapshot(store) == before
+
+    @pytest.mark.parametrize("image_id", [2, 3, -1, 2**40])
+    def test_id_out_of_range_raises_key_error(self, store, image_id: int) -> None:
+        with pytest.raises(KeyError) as caught:
+            store[image_id]
+        assert caught.value.args == (image_id,)
+        with pytest.raises(KeyError) as caught:
+            store.read([0, image_id, 1])
+        assert caught.value.args == (image_id,)
+
+    @pytest.mark.parametrize("ids", [1, "01", [0.0, 1.0], [[0, 1]], [True]], ids=repr)
+    def test_ids_of_wrong_type_raise_type_error(self, store, ids) -> None:
+        with pytest.raises(TypeError, match="ids must be"):
+            store.read(ids)
+
+    def test_empty_selection_reads_nothing(self, store) -> None:
+        images, labels = store.read([])
+        assert images == []
+        assert labels.dtype == np.int64
+        assert len(labels) == 0
+        assert store.read(slice(5, 9))[0] == []
+
+    def test_missing_store_read_only_raises_file_not_found(self, name: str, tmp_path: Path) -> None:
+        with pytest.raises(FileNotFoundError):
+            storage.open(name, tmp_path / "missing")
+        assert not (tmp_path / "missing").exists()
+
+    @pytest.mark.parametrize("make", [Path.mkdir, lambda path: path.write_bytes(b"")], ids=["directory", "file"])
+    def test_exclusive_create_on_existing_path_raises_file_exists(self, name: str, tmp_path: Path, make) -> None:
+        make(tmp_path / "taken")
+        with pytest.raises(FileExistsError):
+            storage.open(name, tmp_path / "taken", "x")
+
+    def test_writing_to_read_only_store_is_refused(self, name: str, tmp_path: Path) -> None:
+        storage.open(name, tmp_path / "store", "x").close()
+        with storage.open(name, tmp_path / "store") as store:
+            with pytest.raises(io.UnsupportedOperation, match="read-only"):
+                store.append(sample_images(name), [1, 2])
+            assert len(store) == 0
+
+    @pytest.mark.parametrize("mode", ["r", "a", "w"])
+    def test_store_of_another_backend_is_refused_and_kept(self, name: str, other: str, mode: str, tmp_path: Path):
+        images = sample_images(other)
+        with storage.open(other, tmp_path / "store", "x", durable=False) as kept:
+            kept.append(images, [1, 2])
+        with pytest.raises(ValueError, match=f"holds a {re.escape(other)} store, not a {re.escape(name)} store"):
+            storage.open(name, tmp_path / "store", mode)
+        with storage.open(other, tmp_path / "store") as kept:
+            assert_read_match(kept, None, list(images), [1, 2])
+
+    @pytest.mark.parametrize("mode", ["r", "a", "w"])
+    @pytest.mark.parametrize(
+        ("make", "description"),
+        [
+            (lambda path: path.write_bytes(b"not a store"), "a file that is no image store"),
+            (
+                lambda path: (path.mkdir(), (path / "notes.txt").write_text("mine")),
+                "a directory that is no image store",
+            ),
+        ],
+        ids=["file", "directory"],
+    )
+    def test_something_that_is_no_store_is_refused_and_kept(self, name, mode, make, description, tmp_path) -> None:
+        path = tmp_path / "thing"
+        make(path)
+        before = {str(p): p.stat().st_size for p in tmp_path.rglob("*")}
+        with pytest.raises(ValueError, match=f"holds {description}, not a {re.escape(name)} store"):
+            storage.open(name, path, mode)
+        assert {str(p): p.stat().st_size for p in tmp_path.rglob("*")} == before
+
+    def test_replace_mode_empties_a_store_of_its_own_backend(self, name: str, tmp_path: Path) -> None:
+        images = sample_images(name)
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(images, [1, 2])
+        with storage.open(name, tmp_path / "store", "w") as store:
+            assert len(store) == 0
+            store.append(images[:1], [5])
+        with storage.open(name, tmp_path / "store") as store:
+            assert_read_match(store, None, [images[0]], [5])
+
+    def test_close_is_idempotent_and_closed_store_refuses_use(self, name: str, tmp_path: Path) -> None:
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(sample_images(name), [1, 2])
+        store.close()
+        with pytest.raises(ValueError, match="is closed"):
+            store.read()
+        with pytest.raises(ValueError, match="is closed"):
+            len(store)
+
+    def test_disk_usage_counts_allocated_bytes_of_the_store_files(self, name: str, tmp_path: Path) -> None:
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(sample_images(name, count=50, height=32, width=32), range(50))
+            files = store.files(store.path)
+            assert files
+            assert store.disk_usage() > 0
+            if store.capabilities.local:
+                assert store.disk_usage() == sum(os.stat(file).st_blocks * 512 for file in files)
+
+    def test_unknown_option_is_refused_and_writes_nothing(self, name: str, tmp_path: Path) -> None:
+        with pytest.raises(TypeError, match=f"the {re.escape(name)} backend has no option 'no_such_option'"):
+            storage.open(name, tmp_path / "store", "x", no_such_option=1)
+        assert not any(tmp_path.iterdir())
+
+    # --- names of one family ---------------------------------------------------------------
+
+    def test_a_name_writes_with_its_options_and_is_named_in_errors(self, name: str, tmp_path: Path) -> None:
+        options = dict(storage.backend(name).options)
+        with storage.open(name, tmp_path / "store", "x") as store:
+            assert store.name == name
+            assert {key: getattr(store.options, key) for key in options} == options
+            with pytest.raises(ValueError, match=f"the {re.escape(name)} backend holds"):
+                store.append(np.zeros((1, 2, 2), object), [0])
+        with storage.open(name, tmp_path / "store") as store:
+            assert len(store) == 0
+
+    def test_every_name_reads_a_store_that_all_names_appended_to(self, tmp_path: Path) -> None:
+        names = family_names(self.backend)
+        images = sample_images(*names, count=2 * len(names), height=16, width=16)
+        for position, name in enumerate(names):
+            with storage.open(name, tmp_path / "store", "a") as store:
+                store.append(images[2 * position : 2 * position + 2], [position, -position])
+        labels = [label for position in range(len(names)) for label in (position, -position)]
+        assert storage.detect(tmp_path / "store") == self.backend
+        tolerance = tolerance_of(names)
+        for name in names:
+            with storage.open(name, tmp_path / "store") as store:
+                assert_read_match(store, None, list(images), labels, tolerance)
+                assert_read_match(store, [len(images) - 1, 0], [images[-1], images[0]], [labels[-1], 0], tolerance)
+
+    # --- damaged stores: only documented errors, never a crash, a hang or a huge allocation ----
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def damage_template(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+        """A small store that every name of the family appended to (colour and 16-bit grey images where
+        accepted), and how many images it holds."""
+        path = tmp_path_factory.mktemp(cls.backend) / "store"
+        count = 0
+        for name in family_names(cls.backend):
+            wanted = dict.fromkeys([(np.dtype("u1"), 3), (np.dtype("u2"), None), sample_layout(name)])
+            with storage.open(name, path, "a") as store:
+                for dtype, channels in (layout for layout in wanted if layout in layouts(name)):
+                    shape = (3, *image_shape(4 + count % 3, 5, channels))
+                    store.append(np.arange(math.prod(shape)).reshape(shape).astype(dtype), [-1, 2**40, 7])
+                    count += 3
+        return path, count
+
+    @needs_fork
+    @draws_data(share=1.0)
+    def test_damaged_store_gives_documented_errors_only(self, damage_template, data: st.DataObject) -> None:
+        """One file of a copy is truncated, flipped, replaced or deleted; opening and reading it in a forked
+        child either works or raises a documented error."""
+        template, _ = damage_template
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "store"
+            (shutil.copytree if template.is_dir() else shutil.copy2)(template, path)
+            done = damage(storage.backend(self.backend).files(path), data)
+            outcome = run_forked(lambda: open_and_read(self.backend, path), timeout=30, headroom=HEADROOM)
+        assert not outcome.timed_out, f"{done}: {outcome.describe()}"
+        assert outcome.signal is None, f"{done}: {outcome.describe()}"
+        assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{done}: {outcome.describe()}"
+
+    @needs_fork
+    def test_undamaged_template_reads_in_a_forked_child(self, damage_template) -> None:
+        """The harness itself: an intact store reads fine in the child, within the memory headroom."""
+        template, count = damage_template
+        outcome = run_forked(lambda: open_and_read(self.backend, template), timeout=30, headroom=HEADROOM)
+        assert outcome.result == count, outcome.describe()
+
+    @needs_fork
+    def test_flipped_pixel_byte(self, name: str, tmp_path: Path) -> None:
+        """A changed byte where the image's pixels (else its encoding) lie in the store's files: a checksummed
+        store or codec reports it; others may give back the changed pixel, but nothing undocumented."""
+        image = sample_images(name, count=1, height=64, width=64, seed=5)[0]
+        path = tmp_path / "store"
+        with storage.open(name, path, "x") as store:
+            store.append(image[np.newaxis], [1])
+            checksummed = store.capabilities.checksummed or store.codec.checksummed
+            encoded = store.codec.encode(image)
+        files = {file: bytearray(file.read_bytes()) for file in storage.backend(name).files(path)}
+        raw = image.tobytes()
+        found = [(file, needle) for needle in (raw, encoded) for file in files if needle in files[file]]
+        if found:
+            target, needle = found[0]
+            at = files[target].index(needle) + len(needle) // 2
+        else:  # neither: the middle of the largest file
+            target, needle = max(files, key=lambda file: len(files[file])), b""
+            at = len(files[target]) // 2
+        files[target][at] ^= 0x10
+        target.write_bytes(bytes(files[target]))
+        outcome = run_forked(lambda: storage.open(name, path).read()[0][0].tobytes().hex(), headroom=HEADROOM)
+        assert outcome.error in (None, "DamagedStoreError"), outcome.describe()
+        if checksummed:
+            assert outcome.error == "DamagedStoreError", outcome.describe()
+        elif outcome.error is None and needle == raw:
+            flipped = bytearray(raw)
+            flipped[len(raw) // 2] ^= 0x10
+            assert outcome.result == flipped.hex()
+        elif outcome.error is None:
+            assert len(outcome.result) == 2 * len(raw)
+
+    # --- crash safety and concurrent readers (how an append commits: once per family) --------
+
+    @needs_fork
+    def test_killed_append_leaves_the_completed_appends(self, tmp_path: Path) -> None:
+        """A writer killed with SIGKILL mid-append leaves whole appends: at least those it reported, at most
+        one more, and the store takes a further append. No fsync (durable=False): a killed process loses
+        nothing that reached the page cache, so fsync only matters for power loss, which this cannot stage."""
+
+        def new_store(path: Path) -> None:
+            with storage.open(self.backend, path, "x", durable=False) as store:
+                store.append(*numbered_batch(self.backend, 0, CRASH_BATCH))
+
+        new_store(tmp_path / "timing")
+        started = time.perf_counter()
+        pid, pipe = start_writer(self.backend, tmp_path / "timing")  # an undisturbed run sets the range of kill times
+        os.waitpid(pid, 0)
+        duration = time.perf_counter() - started
+        assert completed_appends(pipe) == CRASH_APPENDS
+        seeded = random.Random(f"crash-{self.backend}")
+        for trial in range(CRASH_TRIALS):
+            path = tmp_path / f"store-{trial}"
+            new_store(path)
+            pid, pipe = start_writer(self.backend, path)
+            time.sleep(seeded.uniform(0, duration))
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            reported = completed_appends(pipe)
+            with storage.open(self.backend, path) as store:
+                assert len(store) % CRASH_BATCH == 0, f"trial {trial}: {len(store)} images, not whole batches"
+                appended = len(store) // CRASH_BATCH - 1
+                assert reported <= appended <= min(reported + 1, CRASH_APPENDS), (
+                    f"trial {trial}: {reported=}, {appended=}"
+                )
+                assert_read_match(store, None, *numbered_batches(self.backend, appended + 1, CRASH_BATCH))
+            with storage.open(self.backend, path, "a", durable=False) as store:  # leftovers are no obstacle
+                store.append(*numbered_batch(self.backend, appended + 1, CRASH_BATCH))
+            with storage.open(self.backend, path) as store:
+                assert_read_match(store, None, *numbered_batches(self.backend, appended + 2, CRASH_BATCH))
+
+    @needs_fork
+    def test_readers_see_a_consistent_prefix_while_a_writer_appends(self, tmp_path: Path) -> None:
+        """Two reader processes read while a third appends: every read is whole appends, never fewer than the
+        reader saw before; afterwards every append is there."""
+        path, done = tmp_path / "store", tmp_path / "writer-done"
+        with storage.open(self.backend, path, "x") as store:
+            store.append(*numbered_batch(self.backend, 0, READ_BATCH))
+
+        def write() -> int:  # without fsync: readers see the page cache, so it changes nothing here but time
+            with storage.open(self.backend, path, "a", durable=False) as store:
+                for number in range(1, READ_APPENDS + 1):
+                    store.append(*numbered_batch(self.backend, number, READ_BATCH))
+                    time.sleep(0.005)  # let the readers in between appends too
+            return READ_APPENDS
+
+        reports = [tmp_path / f"reader-{number}.txt" for number in range(READERS)]
+        readers = []
+        for report in reports:
+            pid = os.fork()
+            if pid == 0:  # a reader: it writes what it saw, or what went wrong, to its report
+                try:
+                    report.write_text(f"ok {read_until(self.backend, path, done)}")
+                except BaseException as error:
+                    report.write_text(f"{type(error).__name__}: {error}")
+                finally:
+                    os._exit(0)
+            readers.append(pid)
+        written = run_forked(write, timeout=60)
+        done.touch()
+        for pid in readers:
+            os.waitpid(pid, 0)
+        assert written.result == READ_APPENDS, written.describe()
+        for report in reports:
+            assert report.read_text().startswith("ok"), report.read_text()
+        with storage.open(self.backend, path) as store:
+            assert_read_match(store, None, *numbered_batches(self.backend, READ_APPENDS + 1, READ_BATCH))
+
+
+def numbered_batch(family: str, number: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Append `number` of a crash or concurrency test: `size` images that differ for every number, and labels
+    that count on from the appends before it."""
+    images = sample_images(family, count=size, height=8, width=8, seed=number)
+    return images, np.arange(size) + number * size
+
+
+def numbered_batches(family: str, appends: int, size: int) -> tuple[list[np.ndarray], list[int]]:
+    """The images and labels of appends 0 to `appends` - 1, in order."""
+    batches = [numbered_batch(family, number, size) for number in range(appends)]
+    return [image for images, _ in batches for image in images], [int(label) for _, ls in batches for label in ls]
+
+
+def start_writer(family: str, path: Path) -> tuple[int, int]:
+    """Fork a child that appends batches 1 to CRASH_APPENDS, writing a byte to a pipe after each; (pid, pipe)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            with storage.open(family, path, "a", durable=False) as store:
+                for number in range(1, CRASH_APPENDS + 1):
+                    store.append(*numbered_batch(family, number, CRASH_BATCH))
+                    os.write(write_end, b".")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    return pid, read_end
+
+
+def completed_appends(pipe: int) -> int:
+    """How many appends a writer reported through `pipe` (read to its end)."""
+    with os.fdopen(pipe, "rb") as reports:
+        return len(reports.read())
+
+
+def read_until(family: str, path: Path, done: Path) -> list[int]:
+    """Read the whole store again and again until `done` exists; the sizes seen, each checked."""
+    expected_images, expected_labels = numbered_batches(family, READ_APPENDS + 1, READ_BATCH)
+    seen = []
+    while not done.exists() or len(seen) < 3:
+        with storage.open(family, path) as store:
+            images, labels = store.read()
+            codec = store.codec
+        count = len(labels)
+        if count % READ_BATCH or count < max(seen, default=READ_BATCH):
+            raise AssertionError(f"read {count} images after {seen}: not a growing prefix of whole appends")
+        assert_images_match(images, expected_images[:count], codec)
+        assert labels.tolist() == expected_labels[:count]
+        seen.append(count)
+    return seen
