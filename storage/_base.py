@@ -65,6 +65,7 @@ class Store(ABC):
         self.durable = durable  # whether append flushes to disk (fsync) before it returns
         self.closed = False
         self.name = name or type(self).name  # a variant's name, or the backend's
+        self._start(create)
 
     # --- where a store lives: local files by default --------------------------------
 
@@ -119,6 +120,10 @@ class Store(ABC):
         return self.location
 
     # --- what a backend provides ---------------------------------------------------
+
+    @abstractmethod
+    def _start(self, create: bool) -> None:
+        """Create an empty store first if `create`; then open it (ValueError if it is some other format)."""
 
     @abstractmethod
     def _count(self) -> int: ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage._base import MAX_EXPANSION, Capabilities, Options, Store
+from storage._base import MAX_EXPANSION, Capabilities, Store
 from storage._durable import make_durable, staged_copy, staging_path
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, gather_runs
@@ -26,14 +26,11 @@ Layout = tuple[tuple[int, ...], np.dtype]  # the shape and dtype of each image o
 class RunFileStore(Store):
     capabilities = Capabilities(directory=False)
 
-    def __init__(
-        self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
-    ) -> None:
-        super().__init__(location, options, writable=writable, create=create, durable=durable, name=name)
+    def _start(self, create: bool) -> None:
         if create:
-            self._create(location)
-            if durable:
-                make_durable([location], location.parent)
+            self._create(self.location)
+            if self.durable:
+                make_durable([self.location], self.location.parent)
         self._open()
 
     @classmethod

@@ -82,21 +82,18 @@ class LmdbStore(Store):
     capabilities = Capabilities(directory=True, durability="library", lock_files=("lock.mdb",))
     Options = LmdbOptions
 
-    def __init__(
-        self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
-    ) -> None:
-        super().__init__(location, options, writable=writable, create=create, durable=durable, name=name)
-        self.encoding = ENCODINGS.index(options.encoding)
+    def _start(self, create: bool) -> None:
+        self.encoding = ENCODINGS.index(self.options.encoding)
         if not create:
-            _check_length(location / "data.mdb")
+            _check_length(self.location / "data.mdb")
         self._env = _open_env(
-            location,
-            map_size=options.map_size,
-            readonly=not writable,
+            self.location,
+            map_size=self.options.map_size,
+            readonly=not self.writable,
             create=create,
             meminit=False,
-            sync=durable,
-            metasync=durable,
+            sync=self.durable,
+            metasync=self.durable,
         )
         if create:
             with self._env.begin(write=True) as txn:
@@ -106,7 +103,7 @@ class LmdbStore(Store):
             self._length = txn.stat()["entries"] - 1
         if found != FORMAT:
             self._env.close()
-            raise ValueError(f"{location} is an LMDB environment that is no image store")
+            raise ValueError(f"{self.location} is an LMDB environment that is no image store")
 
     @classmethod
     def is_store(cls, location: Path) -> bool:

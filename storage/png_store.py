@@ -45,14 +45,11 @@ class PngStore(Store):
     capabilities = Capabilities(directory=True)
     Options = PngOptions
 
-    def __init__(
-        self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
-    ) -> None:
-        super().__init__(location, options, writable=writable, create=create, durable=durable, name=name)
-        index = location / INDEX
+    def _start(self, create: bool) -> None:
+        index = self.location / INDEX
         if create:
-            location.mkdir(exist_ok=True)
-            replace_atomically(index, MAGIC, durable)
+            self.location.mkdir(exist_ok=True)
+            replace_atomically(index, MAGIC, self.durable)
         data = index.read_bytes()
         if not data.startswith(MAGIC) or (len(data) - len(MAGIC)) % RECORD.itemsize:
             raise DamagedStoreError(f"{index} is not a complete png store index")

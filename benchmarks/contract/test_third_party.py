@@ -68,14 +68,13 @@ class NpyDirectoryStore(storage.Store):
     capabilities = storage.Capabilities(directory=True)
     labels_file = "labels.npy"  # its name marks the directory as a store of this backend
 
-    def __init__(self, location: Path, options: storage.Options, **flags) -> None:
-        super().__init__(location, options, **flags)
-        if flags["create"]:
-            location.mkdir(exist_ok=True)
+    def _start(self, create: bool) -> None:
+        if create:
+            self.location.mkdir(exist_ok=True)
             self._commit(np.empty(0, np.int64))
-        self._labels = load(location / self.labels_file)
+        self._labels = load(self.location / self.labels_file)
         if self._labels.dtype != np.int64 or self._labels.ndim != 1:
-            raise storage.DamagedStoreError(f"{location / self.labels_file} holds no int64 labels")
+            raise storage.DamagedStoreError(f"{self.location / self.labels_file} holds no int64 labels")
 
     @classmethod
     def is_store(cls, location: Path) -> bool:
