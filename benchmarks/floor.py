@@ -18,7 +18,7 @@ from storage import codecs
 from storage._base import Capabilities
 from storage._reading import read_buffer
 
-FILE_MODES = {"r": "rb", "a": "ab", "x": "xb"}
+FILE_FLAGS = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_APPEND, "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL}
 
 
 def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
@@ -29,28 +29,37 @@ def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
 
 
 class PlainFile:
-    """An open plain file of pixel bytes, with a store's methods."""
+    """An open plain file of pixel bytes, with a store's methods: POSIX file descriptors, no Python buffering."""
 
     def __init__(self, path: Path, mode: str, durable: bool) -> None:
-        self.file = path.open(FILE_MODES[mode], buffering=0)
+        self.path = path
+        self.descriptor = os.open(path, FILE_FLAGS[mode] | getattr(os, "O_BINARY", 0), 0o644)
         self.durable = durable
 
     def append(self, images: np.ndarray | list, labels: object = None) -> None:
         """Write the pixel bytes of `images` at the end (labels are not kept); fsync when durable."""
-        self.file.write(pixel_bytes(images))
+        data = memoryview(pixel_bytes(images))
+        while data:  # one write(2) takes at most about 2 GiB
+            data = data[os.write(self.descriptor, data) :]
         if self.durable:
-            os.fsync(self.file.fileno())
+            os.fsync(self.descriptor)
 
     def read(self) -> tuple[np.ndarray, None]:
         """Every byte of the file in a fresh array, and no labels."""
-        size = os.fstat(self.file.fileno()).st_size
+        size = os.fstat(self.descriptor).st_size
         out = read_buffer((size,), np.uint8)
-        if self.file.readinto(out) != size:
-            raise ValueError(f"{self.file.name} is shorter than {size} bytes")
+        done = os.readv(self.descriptor, [out])
+        while done < size:  # one read(2) returns at most about 2 GiB
+            got = os.readv(self.descriptor, [out[done:]])
+            if not got:
+                raise ValueError(f"{self.path} ended after {done} of {size} bytes")
+            done += got
         return out, None
 
     def close(self) -> None:
-        self.file.close()
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            self.descriptor = -1
 
     def __enter__(self) -> PlainFile:
         return self
@@ -67,10 +76,10 @@ class Floor:
     capabilities = Capabilities(directory=False)
 
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> PlainFile:
-        return PlainFile(Path(path), mode, durable)
+        return PlainFile(path, mode, durable)
 
     def files(self, path: Path) -> list[Path]:
-        return [Path(path)]
+        return [path]
 
 
 FLOOR = Floor()
