@@ -2,7 +2,13 @@
 
 import os
 
-from hypothesis import HealthCheck, settings
+try:
+    import pytest_benchmark  # noqa: F401 - the benchmarks' plugin: its absence is named here, not as a bad option
+    from hypothesis import HealthCheck, settings
+except ImportError as missing:
+    raise ImportError(
+        f"{missing.name} is not installed: the tests need the test extra, pip install -e '.[test]'"
+    ) from None
 
 pytest_plugins = ["benchmarks.plugin"]
 

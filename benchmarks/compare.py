@@ -1,7 +1,7 @@
 """Compare the benchmarks of two revisions on this machine and flag only significant regressions.
 
     python -m benchmarks.compare BASE [HEAD] [--rounds 5] [--threshold 20] [--alpha 0.01]
-                                 [--disk-tolerance 1] [--keep DIR] [-- PYTEST OPTIONS]
+                                 [--disk-tolerance 1] [--memory-tolerance 5] [--keep DIR] [-- PYTEST OPTIONS]
 
 BASE and HEAD are git revisions; HEAD defaults to the working tree, uncommitted changes
 included. Each revision other than the working tree is checked out in a temporary git worktree.
@@ -10,7 +10,9 @@ process per revision and round, alternating base, head, base, head, so that drif
 hits both alike. A benchmark regressed when its head median is more than `threshold` percent
 slower than its base median and a one-sided Mann-Whitney U test on the per-round medians
 gives p < `alpha` (with 5 rounds a side that means every head round was slower than every base
-round); or when its disk bytes per image grew by more than `disk-tolerance` percent.
+round); or when its disk bytes per image grew by more than `disk-tolerance` percent; or when its peak
+memory grew by more than `memory-tolerance` percent, every head round above every base round (the same
+test). Each round is reported on stderr as it finishes.
 Exit status: 0 no regression, 1 regression, 2 the comparison could not run.
 """
 
@@ -23,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +42,11 @@ DEFAULT_SUBSET = [
 
 @dataclass
 class Samples:
-    """One benchmark's per-round medians (seconds) and disk bytes per image, for one revision."""
+    """One benchmark's per-round medians (seconds), disk bytes per image and peak memory, for one revision."""
 
     medians: list[float] = field(default_factory=list)
     disk: list[float] = field(default_factory=list)
+    memory: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Row:
     p_slower: float
     p_faster: float
     disk_growth: float | None
+    memory_growth: float | None
     verdict: str
 
 
@@ -82,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--threshold", type=float, default=20.0, help="slowdown in percent to flag (default 20)")
     parse.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     parse.add_argument("--disk-tolerance", type=float, default=1.0, help="disk growth in percent to flag (default 1)")
+    parse.add_argument(
+        "--memory-tolerance", type=float, default=5.0, help="peak memory growth in percent to flag (default 5)"
+    )
     parse.add_argument("--keep", type=Path, help="keep every run's pytest-benchmark JSON in this directory")
     return parse
 
@@ -104,10 +112,19 @@ def compare(options: argparse.Namespace, pytest_args: list[str]) -> list[Row]:
                 check_imports(trees[side])
             samples: dict[str, dict[str, Samples]] = {"base": {}, "head": {}}
             for round_number in range(options.rounds):
+                took = {}
                 for side in ("base", "head"):
                     output = runs / f"{side}-{round_number}.json"
+                    started = time.monotonic()
                     run_benchmarks(trees[side], pytest_args, output)
+                    took[side] = time.monotonic() - started
                     collect(output, samples[side])
+                print(
+                    f"compare: round {round_number + 1} of {options.rounds} done "
+                    f"(base {took['base']:.0f} s, head {took['head']:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             for tree in trees.values():
                 if tree != root:
@@ -165,10 +182,15 @@ def collect(output: Path, into: dict[str, Samples]) -> None:
         samples.medians.append(benchmark["stats"]["median"])
         if "disk_bytes_per_image" in benchmark["extra_info"]:
             samples.disk.append(benchmark["extra_info"]["disk_bytes_per_image"])
+        if "peak_memory_bytes" in benchmark["extra_info"]:
+            samples.memory.append(benchmark["extra_info"]["peak_memory_bytes"])
 
 
 def judge(name: str, base: Samples, head: Samples, options: argparse.Namespace) -> Row:
-    from scipy.stats import mannwhitneyu
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError:
+        raise ComparisonError("the comparison's test needs SciPy: pip install -e '.[test]'") from None
 
     ratio = statistics.median(head.medians) / statistics.median(base.medians)
     paired = [h / b for b, h in zip(base.medians, head.medians)]
@@ -185,35 +207,57 @@ def judge(name: str, base: Samples, head: Samples, options: argparse.Namespace) 
         verdicts.append("faster")
     if disk_growth is not None and disk_growth > options.disk_tolerance / 100:
         verdicts.append("REGRESSED: bigger on disk")
-    return Row(name, base, head, ratio, min(paired), max(paired), p_slower, p_faster, disk_growth, ", ".join(verdicts))
+    memory_growth = None
+    if len(base.memory) == len(base.medians) and len(head.memory) == len(head.medians):
+        memory_growth = statistics.median(head.memory) / max(statistics.median(base.memory), 1) - 1
+        grew = min(head.memory) > max(base.memory)
+        if memory_growth > options.memory_tolerance / 100 and grew:
+            verdicts.append("REGRESSED: more memory")
+    return Row(
+        name,
+        base,
+        head,
+        ratio,
+        min(paired),
+        max(paired),
+        p_slower,
+        p_faster,
+        disk_growth,
+        memory_growth,
+        ", ".join(verdicts),
+    )
 
 
 def only(name: str, side: str) -> Row:
     samples = Samples()
-    return Row(name, samples, samples, float("nan"), float("nan"), float("nan"), 1.0, 1.0, None, f"only in {side}")
+    nan = float("nan")
+    return Row(name, samples, samples, nan, nan, nan, 1.0, 1.0, None, None, f"only in {side}")
 
 
 def table(rows: list[Row], options: argparse.Namespace) -> str:
     width = max(len("benchmark"), *(len(row.name) for row in rows))
     lines = [
         f"{'benchmark':<{width}}  {'base ms':>9}  {'head ms':>9}  {'ratio':>6}  {'per-round':>11}  "
-        f"{'p':>6}  {'disk':>7}  verdict",
+        f"{'p':>6}  {'disk':>7}  {'memory':>7}  verdict",
     ]
     for row in rows:
         if row.verdict.startswith("only"):
-            lines.append(f"{row.name:<{width}}  {'':>9}  {'':>9}  {'':>6}  {'':>11}  {'':>6}  {'':>7}  {row.verdict}")
+            blank = f"{'':>9}  {'':>9}  {'':>6}  {'':>11}  {'':>6}  {'':>7}  {'':>7}"
+            lines.append(f"{row.name:<{width}}  {blank}  {row.verdict}")
             continue
         p = row.p_slower if row.ratio >= 1 else row.p_faster
         disk = "" if row.disk_growth is None else f"{100 * row.disk_growth:+.1f}%"
+        memory = "" if row.memory_growth is None else f"{100 * row.memory_growth:+.1f}%"
         lines.append(
             f"{row.name:<{width}}  {1e3 * statistics.median(row.base.medians):9.3f}  "
             f"{1e3 * statistics.median(row.head.medians):9.3f}  {row.ratio:5.2f}x  "
-            f"{row.low:4.2f}-{row.high:4.2f}x  {p:6.4f}  {disk:>7}  {row.verdict}"
+            f"{row.low:4.2f}-{row.high:4.2f}x  {p:6.4f}  {disk:>7}  {memory:>7}  {row.verdict}"
         )
     regressed = sum("REGRESSED" in row.verdict for row in rows)
     lines.append(
         f"{options.rounds} alternating rounds a side; flagged when slower by > {options.threshold:g}% with "
-        f"p < {options.alpha:g}, or > {options.disk_tolerance:g}% more disk per image. "
+        f"p < {options.alpha:g}, > {options.disk_tolerance:g}% more disk per image, or > "
+        f"{options.memory_tolerance:g}% more peak memory in every round. "
         + (f"{regressed} regressed." if regressed else "No regression.")
     )
     return "\n".join(lines)

@@ -1,5 +1,9 @@
 """Benchmark data: deterministic synthetic images, CIFAR-10 batches, or a folder of the user's images.
 
+A folder holds one subfolder per class. Files Pillow cannot identify (a README, ``.DS_Store``) are
+skipped and counted; an image that cannot be decoded is skipped with a warning naming it
+(``UnreadableImageWarning``), or stops the run with ``--fail-on-bad-image``.
+
 Synthetic image ``i`` of a size depends only on ``(SEED, size, i // chunk)``, so a run of 1,000
 images is a prefix of a run of 100,000 and results stay comparable across runs and grids.
 Never change what the generator makes; add a new one instead.
@@ -8,6 +12,7 @@ Never change what the generator makes; add a new one instead.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,6 +25,12 @@ CHUNK_PIXELS = 1 << 18  # images are made in chunks of about this many pixels (2
 LABEL_COUNT = 10
 CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 FOLDER_MODES = {"L", "RGB", "RGBA", "I;16"}  # kept as they are; other modes become RGB
+SPARE_IMAGES = 64  # a folder is listed this far past the count asked for, to stand in for unreadable images
+CHANNELS = {"L": (), "I;16": (), "RGBA": (4,)}  # the channel axis of an image of each mode; others are RGB
+
+
+class UnreadableImageWarning(UserWarning):
+    """An image file of a folder dataset could not be decoded, and was left out."""
 
 
 def parse_size(text: str) -> tuple[int, ...]:
@@ -107,17 +118,82 @@ def cifar10(directory: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
-def folder(directory: Path, count: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The first `count` images of a class-per-subfolder tree; labels number the sorted class names."""
+@dataclass(frozen=True)
+class Listing:
+    """The first images of a class-per-subfolder tree, found by their headers, and what else it holds."""
+
+    images: tuple[tuple[int, Path, tuple[int, ...]], ...]  # label, file, shape of each image, class by class
+    classes: int
+    others: tuple[Path, ...]  # files among those looked at that are no images
+    complete: bool  # every file was looked at (else the listing stopped once it had enough images)
+
+    def describe(self, directory: Path) -> str:
+        holds = "holds" if self.complete else "holds at least"
+        others = f"; {len(self.others)} files that are no images skipped" if self.others else ""
+        names = f" ({', '.join(path.name for path in self.others[:3])}{', ...' if len(self.others) > 3 else ''})"
+        return f"{directory} {holds} {len(self.images)} images in {self.classes} class folders{others}" + (
+            names if self.others else ""
+        )
+
+    def listing(self, count: int) -> Listing:
+        """What a folder dataset holds, looked at as far as `count` images need."""
+        return list_folder(self.directory, count + SPARE_IMAGES)
+
+    def size_label(self, count: int) -> str:
+        """The size of the first `count` images, as in test ids (``224x224x3``), or ``mixed``."""
+        shapes = {shape for _, _, shape in self.images[:count]}
+        return size_id(shapes.pop()) if len(shapes) == 1 else "mixed"
+
+
+_LISTINGS: dict[Path, tuple[Listing, bool]] = {}  # directory -> the longest listing made, and whether it is whole
+
+
+def list_folder(directory: Path, wanted: int) -> Listing:
+    """Up to `wanted` images of `directory`, class folders in sorted order, each file's header read by Pillow."""
+    known, whole = _LISTINGS.get(directory, (None, False))
+    if known is not None and (whole or len(known.images) >= wanted):
+        return Listing(known.images[:wanted], known.classes, known.others, whole and len(known.images) <= wanted)
     classes = sorted(entry for entry in directory.iterdir() if entry.is_dir())
-    files = [(label, path) for label, cls in enumerate(classes) for path in sorted(cls.iterdir()) if path.is_file()]
-    if len(files) < count:
-        raise ValueError(f"{directory} holds {len(files)} image files in {len(classes)} class folders, not {count}")
-    images = []
-    for _, path in files[:count]:
-        with Image.open(path) as image:
-            images.append(np.asarray(image if image.mode in FOLDER_MODES else image.convert("RGB")))
-    return images, np.array([label for label, _ in files[:count]], dtype=np.int64)
+    images, others = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted(entry for entry in cls.iterdir() if entry.is_file()):
+            if len(images) == wanted:
+                _LISTINGS[directory] = Listing(tuple(images), len(classes), tuple(others), False), False
+                return _LISTINGS[directory][0]
+            try:
+                with Image.open(path) as image:
+                    shape = (image.height, image.width, *CHANNELS.get(image.mode, (3,)))
+            except (OSError, SyntaxError, ValueError):  # Pillow's UnidentifiedImageError is an OSError
+                others.append(path)
+                continue
+            images.append((label, path, shape))
+    _LISTINGS[directory] = Listing(tuple(images), len(classes), tuple(others), True), True
+    return _LISTINGS[directory][0]
+
+
+def folder(directory: Path, count: int, strict: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
+    """The first `count` readable images of a class-per-subfolder tree; labels number the sorted class names.
+
+    An image that cannot be decoded is skipped with an UnreadableImageWarning naming it, or with `strict`
+    is a ValueError naming it.
+    """
+    images, labels = [], []
+    listing = list_folder(directory, count + SPARE_IMAGES)
+    for label, path, _ in listing.images:
+        if len(images) == count:
+            break
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(image if image.mode in FOLDER_MODES else image.convert("RGB")))
+        except (OSError, SyntaxError, ValueError) as error:
+            if strict:
+                raise ValueError(f"{path} is not a readable image: {error}") from None
+            warnings.warn(f"{path} left out: not a readable image ({error})", UnreadableImageWarning, stacklevel=2)
+            continue
+        labels.append(label)
+    if len(images) < count:
+        raise ValueError(f"{listing.describe(directory)}; {len(images)} of them readable, not {count}")
+    return images, np.array(labels, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -126,6 +202,7 @@ class Dataset:
 
     kind: str
     directory: Path | None = None
+    strict: bool = False  # a folder image that cannot be decoded stops the run instead of being left out
 
     @classmethod
     def parse(cls, text: str) -> Dataset:
@@ -142,6 +219,25 @@ class Dataset:
     def id(self) -> str:
         return self.kind
 
+    def check(self, count: int) -> None:
+        """ValueError saying what a folder holds, unless it holds `count` images in class folders."""
+        if self.kind != "folder":
+            return
+        listing = self.listing(count)
+        if listing.classes == 0 or len(listing.images) < count:
+            wanted = "class subfolders with images" if not listing.images else f"{count} images"
+            raise ValueError(f"--dataset folder: {listing.describe(self.directory)}, not {wanted}")
+
+    def listing(self, count: int) -> Listing:
+        """What a folder dataset holds, looked at as far as `count` images need."""
+        return list_folder(self.directory, count + SPARE_IMAGES)
+
+    def size_label(self, count: int) -> str:
+        """How test ids and groups name the images of a real dataset: ``folder-224x224x3``, ``folder-mixed``."""
+        if self.kind == "cifar10":
+            return "cifar10-32x32x3"
+        return f"{self.kind}-{self.listing(count).size_label(count)}"
+
     def load(self, count: int, size: tuple[int, ...] | None) -> tuple[np.ndarray | list, np.ndarray]:
         """`count` images with labels; `size` is used by the synthetic dataset only."""
         return _load(self, count, size)
@@ -153,4 +249,4 @@ def _load(dataset: Dataset, count: int, size: tuple[int, ...] | None) -> tuple[n
         return synthetic(count, size)
     if dataset.kind == "cifar10":
         return cifar10(dataset.directory, count)
-    return folder(dataset.directory, count)
+    return folder(dataset.directory, count, dataset.strict)

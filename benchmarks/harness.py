@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from storage.testing import assert_images_match
 
 from benchmarks.floor import Floor, pixel_bytes
 from storage import Backend
 from storage._base import allocated_bytes
+from storage.testing import assert_images_match
 
 Subject = Union[Backend, Floor]
 Source = tuple[Union[np.ndarray, list], np.ndarray]

@@ -9,18 +9,20 @@ and ``@pytest.mark.training`` puts an experiment in the training preset.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+import tracemalloc
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import storage
-from benchmarks import machine
+from benchmarks import machine, summary
 from benchmarks.data import Dataset, parse_size, size_id
 from benchmarks.floor import FLOOR
 from benchmarks.harness import Source, Subject, store
@@ -113,6 +115,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="synthetic, cifar10:DIR (CIFAR-10 python batches) or folder:DIR (class-per-folder images)",
     )
     group.addoption(
+        "--fail-on-bad-image",
+        action="store_true",
+        help="with --dataset folder:DIR, stop at an image that cannot be decoded (default: leave it out and warn)",
+    )
+    group.addoption(
         "--no-fsync",
         action="store_true",
         help="store benchmarks open stores with durable=False: no fsync, the page-cache cost only",
@@ -135,12 +142,17 @@ def grid(options: argparse.Namespace) -> Grid:
     preset = PRESETS[name]
     counts = options.image_counts or preset.counts
     sizes = options.image_sizes or preset.sizes
-    if options.dataset.kind != "synthetic":
+    dataset = replace(options.dataset, strict=getattr(options, "fail_on_bad_image", False))
+    if dataset.kind != "synthetic":
         if options.image_sizes:
             raise pytest.UsageError("--image-sizes applies to the synthetic dataset; cifar10 and folder keep their own")
         sizes = (None,)
+        try:
+            dataset.check(max(counts))
+        except ValueError as error:
+            raise pytest.UsageError(f"{error}; choose counts with --image-counts") from None
     backends = options.backends or storage.available(variants=preset.variants)
-    return Grid(backends, counts, sizes, options.dataset, preset.training)
+    return Grid(backends, counts, sizes, dataset, preset.training)
 
 
 @dataclass(frozen=True)
@@ -154,7 +166,7 @@ class Case:
 
     @property
     def size_label(self) -> str:
-        return size_id(self.size) if self.size else self.dataset.id
+        return size_id(self.size) if self.size else self.dataset.size_label(self.images)
 
     def __str__(self) -> str:
         return "-".join([self.subject.name, *([f"n={self.count}"] if self.count else []), self.size_label])
@@ -169,19 +181,30 @@ class Case:
 
 
 GRID = pytest.StashKey[Grid]()
+ROWS = pytest.StashKey[list]()  # what the summary at the end shows, one row per finished benchmark
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit_row: also run the floor (benchmarks.floor), as the row 'limit'")
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
     config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
     config.addinivalue_line("markers", "training: how training reads; runs with --preset=training (and smoke)")
     config.stash[GRID] = grid(config.option)  # a combination that makes no grid stops the run here
+    config.stash[ROWS] = []
+    if config.getoption("benchmark_only", False) and config.option.verbose == 0:
+        config.option.verbose = 1  # one line per cell, named when it starts: a long cell shows what it is
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the experiments the preset runs: the training ones, the others, or (smoke) all."""
-    kept = [item for item in items if runs_in(config.stash[GRID], item)]
+    """Keep the experiments the preset runs (the training ones, the others, or all), and with --benchmark-only
+    only benchmarks: the tests are deselected rather than listed as skipped."""
+    only_benchmarks = config.getoption("benchmark_only", False)
+    kept = [
+        item
+        for item in items
+        if runs_in(config.stash[GRID], item) and not (only_benchmarks and "benchmark" not in item.fixturenames)
+    ]
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
@@ -204,6 +227,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     counts = (None,) if metafunc.definition.get_closest_marker("single_image") else chosen.counts
     cases = [Case(subject, n, size, chosen.dataset) for n in counts for size in chosen.sizes for subject in subjects]
     metafunc.parametrize("case", cases, ids=str)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """After a benchmark ran, keep what the summary shows of it."""
+    yield
+    benchmark = getattr(item, "funcargs", {}).get("benchmark")
+    if benchmark is not None and not benchmark.disabled and benchmark.stats is not None:
+        row = summary.Row.of(benchmark.group or "", benchmark.stats.stats.median, benchmark.extra_info)
+        item.config.stash[ROWS].append(row)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables: the answer is the last thing on screen
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    rows = config.stash.get(ROWS, [])
+    if not rows:
+        return
+    terminalreporter.write_sep("=", "image storage: every backend side by side (* the fastest)")
+    for line in summary.render(rows):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        "\nmedian over the rounds; × floor: to the plain-file floor (limit); disk/image: allocated bytes, × raw: to "
+        "the raw pixels;\npeak memory: the most one untimed round allocated beyond its input (Python and NumPy "
+        "allocations; memory maps\nand libraries' own C allocations are not counted)."
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    chosen = config.stash[GRID]
+    if chosen.dataset.kind != "folder":
+        return None
+    return "image storage: " + chosen.dataset.listing(max(chosen.counts)).describe(chosen.dataset.directory)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -311,9 +366,24 @@ def run_rounds(benchmark, pytestconfig: pytest.Config):
         min_rounds = int(pytestconfig.getoption("benchmark_min_rounds"))  # defaults arrive as strings
         max_time = float(pytestconfig.getoption("benchmark_max_time"))
         rounds = min(MAX_ROUNDS, max(min_rounds, math.ceil(max_time / elapsed)))
-        return benchmark.pedantic(target, setup=setup, rounds=rounds)
+        result = benchmark.pedantic(target, setup=setup, rounds=rounds)
+        benchmark.extra_info["peak_memory_bytes"] = peak_memory(target, setup)
+        return result
 
     return run
+
+
+def peak_memory(target, setup) -> int:
+    """The most one more round of `target` allocates beyond what exists before it starts (tracemalloc: Python
+    and NumPy allocations), measured untimed after the timed rounds."""
+    args, _ = setup()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        target(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def _no_setup():

@@ -41,6 +41,7 @@ class Result:
     iqr: float
     raw_bytes: int  # raw pixel bytes of all its images
     disk_per_image: float | None
+    peak_memory: int | None  # bytes one untimed round allocated beyond its input
     page_cache: str
     workers: int | None
 
@@ -67,6 +68,7 @@ def load(path: Path) -> list[Result]:
                 iqr=benchmark["stats"]["iqr"],
                 raw_bytes=int(info["raw_pixel_bytes"]),
                 disk_per_image=info.get("disk_bytes_per_image"),
+                peak_memory=info.get("peak_memory_bytes"),
                 page_cache=info.get("page_cache", ""),
                 workers=info.get("workers"),
             )
@@ -94,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load(path) for path in options.runs]
     except ValueError as error:
         print(f"report: {error}", file=sys.stderr)
+        return 2
+    if len(runs) == 2 and not {r.name for r in runs[0]} & {r.name for r in runs[1]}:
+        print(
+            f"report: {options.runs[0]} and {options.runs[1]} share no benchmark (name, backend, count and size), "
+            "so there is nothing to compare; give one run, or two runs of the same grid",
+            file=sys.stderr,
+        )
         return 2
     written = render(
         runs, [path.stem for path in options.runs], options.out, options.formats.split(","), provenance(options.runs[0])
@@ -147,6 +156,9 @@ def render(
         stored = [r for r in many if r.disk_per_image is not None]
         if stored:
             written += save(disk_figure(stored, size), f"disk_{size}")
+        measured = [r for r in many if r.peak_memory is not None]
+        if measured:
+            written += save(memory_figure(measured, size), f"memory_{size}")
     if any(r.page_cache == "cold" for r in results):
         written += save(cold_figure(results), "cold_vs_warm")
     if any(r.workers for r in results):
@@ -257,6 +269,28 @@ def disk_figure(results: list[Result], size: str):
     return figure
 
 
+def memory_figure(results: list[Result], size: str):
+    """Peak memory of store-many and read-many at the largest count, per backend, with the raw pixels marked."""
+    import matplotlib.pyplot as plt
+
+    largest = max(r.images for r in results)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure.subplots_adjust(wspace=0.3)
+    for axis, experiment in zip(axes, MANY):
+        shown = sorted(
+            (r for r in results if r.images == largest and r.experiment == experiment), key=lambda r: r.backend
+        )
+        bars = axis.bar([r.backend for r in shown], [r.peak_memory / 1e6 for r in shown], color="tab:purple")
+        axis.bar_label(bars, fmt="%.3g")
+        if shown:
+            axis.axhline(shown[0].raw_bytes / 1e6, color="black", linestyle=":", label="raw pixels")
+            axis.legend()
+        axis.set_title(f"{experiment}: peak memory, {largest} images of {size}")
+        axis.set_ylabel("MB allocated beyond the input")
+        axis.tick_params(axis="x", labelrotation=45)
+    return figure
+
+
 def cold_figure(results: list[Result]):
     """Cold-cache median over the warm one, per backend and benchmark that ran both ways."""
     import matplotlib.pyplot as plt
@@ -325,15 +359,16 @@ def summary_markdown(runs: list[list[Result]], labels: list[str], about: list[st
         floor = next((r.median for r in results if r.backend == FLOOR), None)
         lines += [f"## {title}", ""]
         lines += [
-            "| backend | median (ms) | images/s | MB/s | bytes/image | × limit |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| backend | median (ms) | images/s | MB/s | bytes/image | × limit | peak memory (MB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in sorted(results, key=lambda r: r.median):
             disk = "" if r.disk_per_image is None else f"{r.disk_per_image:.0f}"
             ratio = "" if floor is None else f"{r.median / floor:.2f}"
+            memory = "" if r.peak_memory is None else f"{r.peak_memory / 1e6:.3g}"
             lines.append(
                 f"| {r.backend} | {1e3 * r.median:.4g} | {r.images / r.median:.4g} | "
-                f"{r.raw_bytes / r.median / 1e6:.4g} | {disk} | {ratio} |"
+                f"{r.raw_bytes / r.median / 1e6:.4g} | {disk} | {ratio} | {memory} |"
             )
         lines.append("")
     if len(runs) == 2:

@@ -10,9 +10,9 @@ import itertools
 
 import numpy as np
 import pytest
-from storage.testing import assert_images_match
 
 from benchmarks.harness import check_read_back, describe, read_all
+from storage.testing import assert_images_match
 
 
 def test_read_one(benchmark, run_rounds, case, source, built_stores):

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storage.testing import assert_images_match
 
 import storage
 from benchmarks.cache import CAN_EVICT, evict, resident_fraction
 from benchmarks.harness import check_read_back, describe, random_ids, read_all
+from storage.testing import assert_images_match
 
 pytestmark = pytest.mark.training
 needs_eviction = pytest.mark.skipif(not CAN_EVICT, reason="evicting files from the page cache needs Linux")

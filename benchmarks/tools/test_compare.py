@@ -69,6 +69,17 @@ def test_judge_flags_disk_growth_beyond_tolerance():
     assert same.verdict == ""
 
 
+def test_judge_flags_peak_memory_growth_in_every_round():
+    times = [1e-3, 1.01e-3, 0.99e-3, 1.02e-3, 0.98e-3]
+    base = Samples(times, memory=[1000.0, 1010.0, 990.0, 1000.0, 1005.0])
+    grown = judge("test_x", base, Samples(times, memory=[1100.0, 1090.0, 1120.0, 1100.0, 1095.0]), DEFAULTS)
+    assert grown.verdict == "REGRESSED: more memory"
+    overlapping = judge("test_x", base, Samples(times, memory=[1100.0, 1000.0, 1120.0, 1100.0, 1095.0]), DEFAULTS)
+    assert overlapping.verdict == ""
+    unmeasured = judge("test_x", Samples(times), Samples(times, memory=[2000.0] * 5), DEFAULTS)
+    assert unmeasured.memory_growth is None
+
+
 def test_saved_machine_info_is_stable_and_complete(tmp_path):
     info = {"cpu": {"brand_raw": "Some CPU", "hz_actual": [2_900_000_000, 0], "hz_actual_friendly": "2.9 GHz"}}
     machine.update(info, str(tmp_path))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.data import Dataset, cifar10, folder, parse_size, synthetic
+from benchmarks.data import Dataset, UnreadableImageWarning, cifar10, folder, list_folder, parse_size, synthetic
 
 
 def test_synthetic_is_deterministic_and_prefix_stable():
@@ -68,8 +68,57 @@ def test_folder_loader_labels_by_sorted_class_folder(tmp_path):
     assert np.array_equal(images[0], cat)
     assert np.array_equal(images[1], dog)
     assert images[2].shape == (4, 5, 3)
-    with pytest.raises(ValueError, match="holds 3 image files in 2 class folders"):
+    with pytest.raises(ValueError, match="holds 3 images in 2 class folders; 3 of them readable, not 4"):
         folder(tmp_path, 4)
+
+
+def folder_as_people_have_it(root) -> None:
+    """Three readable images, a truncated one, a text file and a .DS_Store in two class folders, and an empty one."""
+    for name in ("ant", "bee", "cow"):
+        (root / name).mkdir()
+    image = np.arange(6 * 7 * 3, dtype=np.uint8).reshape(6, 7, 3)
+    Image.fromarray(image).save(root / "ant" / "1.png")
+    Image.fromarray(image[::-1].copy()).save(root / "ant" / "2.png")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "ant" / "3.png")
+    (root / "ant" / "3.png").write_bytes((root / "ant" / "3.png").read_bytes()[:5000])  # truncated
+    (root / "ant" / "README.txt").write_text("where these came from")
+    (root / "bee" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    Image.fromarray(image[:, ::-1].copy()).save(root / "bee" / "4.png")
+
+
+def test_a_folder_as_people_have_it_skips_what_is_no_image_and_names_what_is_broken(tmp_path):
+    folder_as_people_have_it(tmp_path)
+    listing = list_folder(tmp_path, 10)
+    assert listing.classes == 3
+    assert sorted(path.name for path in listing.others) == [".DS_Store", "README.txt"]
+    assert "holds 4 images in 3 class folders; 2 files that are no images skipped" in listing.describe(tmp_path)
+    with pytest.warns(UnreadableImageWarning, match=r"3\.png left out: not a readable image"):
+        images, labels = folder(tmp_path, 3)
+    assert [image.shape for image in images] == [(6, 7, 3)] * 3
+    assert labels.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match=r"3\.png is not a readable image"):
+        folder(tmp_path, 3, strict=True)
+
+
+def test_a_folder_that_cannot_give_the_count_says_what_it_holds(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds 0 images in 0 class folders, not class subfolders with images"):
+        Dataset("folder", tmp_path / "empty").check(1)
+    folder_as_people_have_it(tmp_path)
+    Dataset("folder", tmp_path).check(4)
+    with pytest.raises(ValueError, match="holds 4 images in 4 class folders; 2 files that are no images"):
+        Dataset("folder", tmp_path).check(5)
+
+
+def test_real_datasets_are_labelled_by_their_image_size(tmp_path):
+    folder_as_people_have_it(tmp_path)
+    assert Dataset("folder", tmp_path).size_label(2) == "folder-6x7x3"
+    assert Dataset("folder", tmp_path).size_label(4) == "folder-mixed"  # the 64x64 one among them
+    (tmp_path / "grey" / "only").mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "grey" / "only" / "5.png")
+    assert Dataset("folder", tmp_path / "grey").size_label(1) == "folder-2x2"
+    assert Dataset("cifar10", tmp_path).size_label(10) == "cifar10-32x32x3"
 
 
 @pytest.mark.parametrize(("text", "size"), [("32x32x3", (32, 32, 3)), ("64X48", (64, 48))])

@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib (the 'repo
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = ("8x8x3", "16x16")
-FIGURES = ("time", "read_write", "throughput", "disk")
+FIGURES = ("time", "read_write", "throughput", "disk", "memory")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_summary_numbers_match_the_run(rendered):
         cold = " (cold cache)" if info.get("page_cache") == "cold" else ""
         workers = f" with {info['workers']} workers" if info.get("workers") else ""
         heading = f"{info['experiment']}{cold}{workers}, {info['images']} images of {info['image_size']}"
-        _, ms, per_second, mb_per_second, disk, ratio = rows[heading, info["backend"]]
+        _, ms, per_second, mb_per_second, disk, ratio, memory = rows[heading, info["backend"]]
         floor = rows[heading, "limit"][1]
         assert float(ms) == pytest.approx(1e3 * median, rel=1e-3)
         assert float(per_second) == pytest.approx(info["images"] / median, rel=1e-3)
@@ -123,6 +123,7 @@ def test_summary_numbers_match_the_run(rendered):
         assert float(ratio) == pytest.approx(float(ms) / float(floor), rel=1e-2)
         if info["experiment"] == "store-many":
             assert float(disk) == pytest.approx(info["disk_bytes_per_image"], abs=0.5)
+        assert float(memory) == pytest.approx(info["peak_memory_bytes"] / 1e6, rel=1e-2)
 
 
 def test_two_runs_give_a_comparison(rendered):
@@ -165,3 +166,13 @@ def test_a_run_of_parallel_rows_only_gets_no_empty_time_figures(saved_run, tmp_p
     saved = str(write(run, tmp_path / "run.json"))
     assert report.main([saved, "--out", str(tmp_path / "out"), "--formats", "png"]) == 0
     assert {path.name for path in (tmp_path / "out").iterdir()} == {"parallel.png", "summary.md"}
+
+
+def test_runs_with_no_benchmark_in_common_are_refused(saved_run, tmp_path, capsys):
+    other = copy.deepcopy(saved_run)
+    for benchmark in other["benchmarks"]:
+        benchmark["name"] += "-elsewhere"
+    runs = [str(write(saved_run, tmp_path / "a.json")), str(write(other, tmp_path / "b.json"))]
+    assert report.main([*runs, "--out", str(tmp_path / "out")]) == 2
+    assert "share no benchmark" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -468,28 +468,12 @@ class StoreContract:
 
     # --- damaged stores: only documented errors, never a crash, a hang or a huge allocation ----
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def damage_template(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-        """A small store that every name of the family appended to (colour and 16-bit grey images where
-        accepted), and how many images it holds."""
-        path = tmp_path_factory.mktemp(cls.backend) / "store"
-        count = 0
-        for name in family_names(cls.backend):
-            wanted = dict.fromkeys([(np.dtype("u1"), 3), (np.dtype("u2"), None), sample_layout(name)])
-            with storage.open(name, path, "a") as store:
-                for dtype, channels in (layout for layout in wanted if layout in layouts(name)):
-                    shape = (3, *image_shape(4 + count % 3, 5, channels))
-                    store.append(np.arange(math.prod(shape)).reshape(shape).astype(dtype), [-1, 2**40, 7])
-                    count += 3
-        return path, count
-
     @needs_fork
     @draws_data(share=1.0)
-    def test_damaged_store_gives_documented_errors_only(self, damage_template, data: st.DataObject) -> None:
+    def test_damaged_store_gives_documented_errors_only(self, tmp_path_factory, data: st.DataObject) -> None:
         """One file of a copy is truncated, flipped, replaced or deleted; opening and reading it in a forked
         child either works or raises a documented error."""
-        template, _ = damage_template
+        template, _ = damage_template(self.backend, tmp_path_factory)
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory) / "store"
             (shutil.copytree if template.is_dir() else shutil.copy2)(template, path)
@@ -500,9 +484,9 @@ class StoreContract:
         assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{done}: {outcome.describe()}"
 
     @needs_fork
-    def test_undamaged_template_reads_in_a_forked_child(self, damage_template) -> None:
+    def test_undamaged_template_reads_in_a_forked_child(self, tmp_path_factory) -> None:
         """The harness itself: an intact store reads fine in the child, within the memory headroom."""
-        template, count = damage_template
+        template, count = damage_template(self.backend, tmp_path_factory)
         outcome = run_forked(lambda: open_and_read(self.backend, template), timeout=30, headroom=HEADROOM)
         assert outcome.result == count, outcome.describe()
 
@@ -613,6 +597,30 @@ class StoreContract:
             assert report.read_text().startswith("ok"), report.read_text()
         with storage.open(self.backend, path) as store:
             assert_read_match(store, None, *numbered_batches(self.backend, READ_APPENDS + 1, READ_BATCH))
+
+
+TEMPLATES: dict[tuple[str, Path], tuple[Path, int]] = {}  # (family, session's temporary root) -> damage template
+
+
+def damage_template(family: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A small store that every name of `family` appended to (colour and 16-bit grey images where accepted), and
+    how many images it holds."""
+    key = (family, tmp_path_factory.getbasetemp())
+    if key not in TEMPLATES:
+        TEMPLATES[key] = write_template(family, tmp_path_factory.mktemp(family) / "store")
+    return TEMPLATES[key]
+
+
+def write_template(family: str, path: Path) -> tuple[Path, int]:
+    count = 0
+    for name in family_names(family):
+        wanted = dict.fromkeys([(np.dtype("u1"), 3), (np.dtype("u2"), None), sample_layout(name)])
+        with storage.open(name, path, "a") as store:
+            for dtype, channels in (layout for layout in wanted if layout in layouts(name)):
+                shape = (3, *image_shape(4 + count % 3, 5, channels))
+                store.append(np.arange(math.prod(shape)).reshape(shape).astype(dtype), [-1, 2**40, 7])
+                count += 3
+    return path, count
 
 
 def numbered_batch(family: str, number: int, size: int) -> tuple[np.ndarray, np.ndarray]:

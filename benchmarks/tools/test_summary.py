@@ -1,0 +1,61 @@
+"""The summary at the end of a benchmark run: one compact table per group, and a run on a folder as people have it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import summary
+from benchmarks.tools.test_data import folder_as_people_have_it
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def row(backend: str, median: float, **more: object) -> summary.Row:
+    return summary.Row(group="read-many n=1000 32x32x3", backend=backend, median=median, images=1000, **more)
+
+
+def test_a_table_sorts_by_median_marks_the_fastest_and_divides_by_the_floor():
+    lines = summary.table(
+        [
+            row("png", 0.4, disk_per_image=2200.0, raw_per_image=3072.0, peak_memory=3_500_000),
+            row("limit", 0.002, disk_per_image=3072.0, raw_per_image=3072.0),
+            row("npz", 0.004, peak_memory=3_100_000),
+        ]
+    )
+    header, fastest, second, slowest = (line.split() for line in lines)
+    assert header[:2] == ["backend", "median"]
+    assert fastest[:3] == ["*", "limit", "2"]
+    assert second[:4] == ["npz", "4", "ms", "2.00"]
+    assert slowest[:5] == ["png", "400", "ms", "200.00", "2.5e+03"]
+    assert slowest[-5:] == ["2.2", "kB", "0.72", "3.5", "MB"]
+
+
+def test_every_line_fits_120_columns():
+    long_name = "a-backend-with-a-very-long-name-from-another-package"
+    rows = [row(long_name, 123.456, disk_per_image=1e12, raw_per_image=1.0, peak_memory=10**15), row("limit", 1e-9)]
+    assert all(len(line) <= summary.WIDTH for line in summary.render(rows))
+
+
+def test_a_run_on_a_folder_as_people_have_it_ends_with_the_summary_and_names_the_broken_file(tmp_path):
+    folder_as_people_have_it(tmp_path)
+    command = [
+        *(sys.executable, "-m", "pytest", "--benchmark-only", "-p", "no:cacheprovider"),
+        *("benchmarks/experiments/test_store.py::test_store_many", "--backends=npz,hdf5", "--image-counts=3"),
+        *(f"--dataset=folder:{tmp_path}", "--benchmark-max-time=0.001", "--benchmark-min-rounds=1"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    out = result.stdout
+    assert "holds 4 images in 3 class folders; 2 files that are no images skipped (README.txt, .DS_Store)" in out
+    assert "3.png left out: not a readable image" in out
+    assert "SKIPPED" not in out
+    table = out[out.index("image storage: every backend side by side") :].splitlines()
+    assert "store-many n=3 folder-mixed" in table  # the truncated image is 64x64x3
+    backends = [line.split()[1] for line in table if line.startswith("*")]
+    assert len(backends) == 1
+    assert backends[0] in ("npz", "hdf5", "limit")
+    assert all(len(line) <= 120 for line in table)
+    assert "passed" in out.rstrip().splitlines()[-1]
+    assert out.index("image storage: every backend") > out.index("benchmark 'store-many n=3 folder-mixed'")
