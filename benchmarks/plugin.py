@@ -248,9 +248,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     for line in summary.render(rows):
         terminalreporter.write_line(line)
     terminalreporter.write_line(
-        "\nmedian over the rounds; × floor: to the plain-file floor (limit); disk/image: allocated bytes, × raw: to "
-        "the raw pixels;\npeak memory: the most one untimed round allocated beyond its input (Python and NumPy "
-        "allocations; memory maps\nand libraries' own C allocations are not counted)."
+        "\nmedian: of the rounds; × floor: to the plain-file floor (limit); disk/image: bytes allocated, × raw: to the"
+        "\nraw pixels; peak memory: the most one untimed round allocated beyond its input (Python and NumPy"
+        "\nallocations; memory maps and libraries' own C allocations are not counted)."
     )
 
 

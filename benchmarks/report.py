@@ -26,6 +26,7 @@ from benchmarks import floor
 
 FLOOR = floor.FLOOR.name  # the row the floor writes in every table
 MANY = ("store-many", "read-many")
+SINGLE = ("read-one", "read-one-open")  # one image a round (runs before `reads` was recorded do not say so)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Result:
     experiment: str
     backend: str
     images: int
+    reads: int  # images one round reads or writes: fewer than `images` for random and single reads
     size: str
     median: float  # seconds
     iqr: float
@@ -57,12 +59,14 @@ def load(path: Path) -> list[Result]:
         info = benchmark.get("extra_info", {})
         if "backend" not in info:
             continue  # not one of this suite's experiments
+        experiment = info.get("experiment", benchmark["group"].split()[0])
         results.append(
             Result(
                 name=benchmark["name"],
-                experiment=info.get("experiment", benchmark["group"].split()[0]),
+                experiment=experiment,
                 backend=info["backend"],
                 images=int(info["images"]),
+                reads=int(info.get("reads", 1 if experiment in SINGLE else info["images"])),
                 size=info["image_size"],
                 median=benchmark["stats"]["median"],
                 iqr=benchmark["stats"]["iqr"],
@@ -367,8 +371,8 @@ def summary_markdown(runs: list[list[Result]], labels: list[str], about: list[st
             ratio = "" if floor is None else f"{r.median / floor:.2f}"
             memory = "" if r.peak_memory is None else f"{r.peak_memory / 1e6:.3g}"
             lines.append(
-                f"| {r.backend} | {1e3 * r.median:.4g} | {r.images / r.median:.4g} | "
-                f"{r.raw_bytes / r.median / 1e6:.4g} | {disk} | {ratio} | {memory} |"
+                f"| {r.backend} | {1e3 * r.median:.4g} | {r.reads / r.median:.4g} | "
+                f"{r.raw_bytes / r.images * r.reads / r.median / 1e6:.4g} | {disk} | {ratio} | {memory} |"
             )
         lines.append("")
     if len(runs) == 2:

@@ -24,7 +24,7 @@ class Row:
     group: str
     backend: str
     median: float  # seconds
-    images: int
+    images: int  # per round
     disk_per_image: float | None = None
     raw_per_image: float | None = None
     peak_memory: int | None = None  # bytes
@@ -37,7 +37,7 @@ class Row:
             group=group,
             backend=info.get("backend", "?"),
             median=median,
-            images=images,
+            images=int(info.get("reads", images)),  # a random or single read takes fewer than the store holds
             disk_per_image=info.get("disk_bytes_per_image"),
             raw_per_image=raw / images if raw else None,
             peak_memory=info.get("peak_memory_bytes"),

@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.harness import check_read_back, describe, read_all
+from benchmarks.harness import check_read_back, describe, raw_bytes, read_all, record_disk_usage
 from storage.testing import assert_images_match
 
 
@@ -19,7 +19,8 @@ def test_read_one(benchmark, run_rounds, case, source, built_stores):
     images, labels = source
     path = built_stores.get(case, images, labels)
     image_id = case.images // 2
-    describe(benchmark, "read-one", case, images, page_cache="warm", image_id=image_id)
+    describe(benchmark, "read-one", case, images, page_cache="warm", image_id=image_id, reads=1)
+    record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
 
     def open_read_close():
         with case.subject.open(path) as store:
@@ -33,7 +34,8 @@ def test_read_one(benchmark, run_rounds, case, source, built_stores):
 def test_read_one_open_store(benchmark, case, source, built_stores):
     images, labels = source
     path = built_stores.get(case, images, labels)
-    describe(benchmark, "read-one-open", case, images, page_cache="warm", order="shuffled")
+    describe(benchmark, "read-one-open", case, images, page_cache="warm", order="shuffled", reads=1)
+    record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     ids = itertools.cycle(np.random.default_rng(0).permutation(case.images).tolist())
     with case.subject.open(path) as store:
 
@@ -51,5 +53,6 @@ def test_read_many(benchmark, run_rounds, case, source, built_stores):
     images, labels = source
     path = built_stores.get(case, images, labels)
     describe(benchmark, "read-many", case, images, page_cache="warm")
+    record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     got = run_rounds(lambda: read_all(case.subject, path))
     check_read_back(case.subject, got, images, labels)
