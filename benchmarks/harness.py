@@ -6,8 +6,10 @@ both open a location like a store, so no experiment asks which one it holds.
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -90,3 +92,16 @@ def measure_store(benchmark, run_rounds, experiment: str, case, source: Source, 
     run_rounds(lambda target: store(case.subject, target, images, labels, durable), setup)
     record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     check_read_back(case.subject, read_all(case.subject, path), images, labels)
+
+
+def peak_memory(target: Callable, setup: Callable = lambda: ((), {})) -> int:
+    """The most one more round of `target` allocates beyond what exists before it starts (tracemalloc: Python
+    and NumPy allocations), measured untimed after the timed rounds."""
+    args, _ = setup()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        target(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

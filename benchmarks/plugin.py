@@ -9,12 +9,10 @@ and ``@pytest.mark.training`` puts an experiment in the training preset.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import shutil
 import time
-import tracemalloc
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import storage
 from benchmarks import machine, summary
 from benchmarks.data import Dataset, parse_size, size_id
 from benchmarks.floor import FLOOR
-from benchmarks.harness import Source, Subject, store
+from benchmarks.harness import Source, Subject, peak_memory, store
 
 CIFAR = (32, 32, 3)
 
@@ -371,19 +369,6 @@ def run_rounds(benchmark, pytestconfig: pytest.Config):
         return result
 
     return run
-
-
-def peak_memory(target, setup) -> int:
-    """The most one more round of `target` allocates beyond what exists before it starts (tracemalloc: Python
-    and NumPy allocations), measured untimed after the timed rounds."""
-    args, _ = setup()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        target(*args)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _no_setup():

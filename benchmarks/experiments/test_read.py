@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.harness import check_read_back, describe, raw_bytes, read_all, record_disk_usage
+from benchmarks.harness import check_read_back, describe, peak_memory, raw_bytes, read_all, record_disk_usage
 from storage.testing import assert_images_match
 
 
@@ -44,6 +44,8 @@ def test_read_one_open_store(benchmark, case, source, built_stores):
             return image_id, store[image_id]
 
         image_id, (image, label) = benchmark(read_next)
+        if not benchmark.disabled:
+            benchmark.extra_info["peak_memory_bytes"] = peak_memory(read_next)
     assert_images_match([image], [images[image_id]], case.subject.codec)
     assert label == labels[image_id]
 
