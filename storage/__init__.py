@@ -169,6 +169,8 @@ def open(name: str, location: str | os.PathLike, mode: str = "r", *, durable: bo
     exists = cls.exists(location)
     if exists and mode == "x":
         raise FileExistsError(errno.EEXIST, "a file or directory already exists", str(location))
+    if exists and cls.capabilities.local and not (location.is_dir() or location.is_file()):
+        raise ValueError(f"{location} is a special file (a FIFO, socket or device), not a {name} store")
     if not exists and mode == "r":
         raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(location))
 

@@ -13,6 +13,7 @@ from typing import ClassVar, Union
 
 import numpy as np
 
+from storage._durable import taking_turns
 from storage._errors import damage_reported
 from storage._reading import Batch
 from storage.codecs import RAW, Codec
@@ -24,6 +25,7 @@ INT64 = np.iinfo(np.int64)
 # A compressed image expands at most this much when decoded (deflate: 1032:1; lzf less): a stored
 # size beyond it is forged, and is refused before anything of that size is allocated.
 MAX_EXPANSION = 1100
+WRITER_LOCK = "writer.lock"  # in a directory store; a single-file store's is beside it, named after it
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,16 @@ class Store(ABC):
 
     @classmethod
     def locate(cls, location: str | os.PathLike) -> Path:
-        """The location a user gave, as the backend addresses it."""
-        return Path(location)
+        """The location a user gave, resolved once: the store stays where it was opened after ``os.chdir``, and a
+        symlink to a store leads to the store itself (the link stays a link)."""
+        return Path(os.path.realpath(location))
+
+    @classmethod
+    def writer_lock(cls, location: Path) -> Path | None:
+        """The file an append locks, so that writers take turns; None where the format's library does that."""
+        if cls.capabilities.directory:
+            return location / WRITER_LOCK
+        return location.with_name(location.name + ".lock")
 
     @classmethod
     def exists(cls, location: Path) -> bool:
@@ -106,6 +116,9 @@ class Store(ABC):
         """Delete the store at `location`, and nothing else."""
         for file in cls.files(location):
             file.unlink()
+        lock = cls.writer_lock(location)
+        if lock is not None:
+            lock.unlink(missing_ok=True)
         if cls.capabilities.directory:
             with contextlib.suppress(OSError):  # the directory holds something else too: keep it and that
                 location.rmdir()
@@ -124,6 +137,11 @@ class Store(ABC):
     @abstractmethod
     def _start(self, create: bool) -> None:
         """Create an empty store first if `create`; then open it (ValueError if it is some other format)."""
+
+    def _refresh(self) -> None:
+        """Catch up with appends that other writers committed since this store was opened (called in turn)."""
+        self._close()
+        self._start(create=False)
 
     @abstractmethod
     def _count(self) -> int: ...
@@ -191,7 +209,9 @@ class Store(ABC):
         count = sum(len(b) for b in batches)
         label_array = as_labels(labels, count)
         if count:
-            self._append(batches, label_array)
+            with taking_turns(self.writer_lock(self.location)):
+                self._refresh()
+                self._append(batches, label_array)
 
     def close(self) -> None:
         """Release the store; safe to call more than once."""
@@ -226,6 +246,10 @@ class Store(ABC):
         selected = np.asarray(ids)
         if selected.size == 0:
             return np.empty(0, np.int64)
+        if selected.dtype == object and selected.ndim == 1:  # Python ints beyond int64 are no id of any store
+            for image_id in selected.tolist():
+                if isinstance(image_id, int) and not isinstance(image_id, bool) and not 0 <= image_id < count:
+                    raise KeyError(image_id)
         if selected.ndim != 1 or selected.dtype.kind not in "iu":
             raise TypeError(
                 f"ids must be a flat sequence of ints, got an array of {selected.dtype} with shape {selected.shape}"
@@ -237,6 +261,8 @@ class Store(ABC):
 
     def _batches(self, images: Images) -> list[np.ndarray]:
         """Split `images` into runs of one shape and dtype, checking every image first."""
+        if isinstance(images, memoryview):  # a buffer of a whole batch
+            images = np.asarray(images)
         if isinstance(images, np.ndarray):
             if images.ndim not in (3, 4):
                 raise ValueError(f"an image batch must have shape (N, H, W) or (N, H, W, C), got {images.shape}")

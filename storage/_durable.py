@@ -6,6 +6,11 @@ import ctypes
 import os
 import shutil
 import sys
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,3 +84,19 @@ def _syncfs(directory: Path) -> bool:
         return libc.syncfs(descriptor) == 0
     finally:
         os.close(descriptor)
+
+
+@contextmanager
+def taking_turns(lock: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` for the block, so that writers take turns: processes, and store
+    objects of one process alike. The file is made if missing, never through a symlink. Without flock (Windows),
+    or with no `lock`, nothing is held."""
+    if lock is None or fcntl is None:
+        yield
+        return
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # waits for the writer before
+        yield
+    finally:
+        os.close(descriptor)  # and lets the next one in

@@ -35,7 +35,7 @@ class RunFileStore(Store):
 
     @classmethod
     def files(cls, location: Path) -> list[Path]:
-        return [location, *filter(Path.exists, [staging_path(location)])]
+        return [location, *filter(Path.exists, [staging_path(location), cls.writer_lock(location)])]
 
     # --- what a backend provides -------------------------------------------------
 

@@ -152,11 +152,19 @@ class LmdbStore(Store):
         if needed > info["map_size"]:
             self._env.set_mapsize(math.ceil(needed * 1.5 / MIB) * MIB)
 
+    @classmethod
+    def writer_lock(cls, location: Path) -> None:
+        return None  # LMDB's own lock lets one write transaction in at a time
+
+    def _refresh(self) -> None:
+        pass  # the append counts the records inside its write transaction
+
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
         self._reserve(batches)
         while True:
             try:
                 with self._env.begin(write=True) as txn:  # commits (with fsync) or aborts as one
+                    self._length = txn.stat()["entries"] - 1  # another writer may have appended since
                     _, added = txn.cursor().putmulti(self._records(batches, labels), append=True)
                     if added != len(labels):
                         raise RuntimeError(f"lmdb stored {added} of {len(labels)} records")

@@ -69,7 +69,7 @@ class NpzStore(RunFileStore):
         try:
             with zipfile.ZipFile(location) as archive:
                 return archive.comment == COMMENT
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        except Exception:  # unreadable (zipfile raises BadZipFile, NotImplementedError, ...): damaged, or not ours
             return False
 
     def _create(self, location: Path) -> None:

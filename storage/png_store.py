@@ -66,7 +66,8 @@ class PngStore(Store):
     @classmethod
     def files(cls, location: Path) -> list[Path]:
         images = [Path(entry.path) for entry in os.scandir(location) if IMAGE_NAME.fullmatch(entry.name)]
-        return [*filter(Path.exists, [location / INDEX, staging_path(location / INDEX)]), *sorted(images)]
+        own = [location / INDEX, staging_path(location / INDEX), cls.writer_lock(location)]
+        return [*filter(Path.exists, own), *sorted(images)]
 
     def _image_path(self, image_id: int) -> Path:
         return self.location / f"{image_id:09d}.png"

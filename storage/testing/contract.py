@@ -151,6 +151,7 @@ EQUAL_SIZE = (
 )
 CRASH_BATCH, CRASH_APPENDS, CRASH_TRIALS = 20, 6, 6  # images per append, appends by the killed writer, kills
 READ_BATCH, READ_APPENDS, READERS = 20, 12, 2  # images per append, appends while readers read, reader processes
+WRITE_BATCH, WRITE_APPENDS = 20, 8  # images per append, appends by each of two writers at once
 
 
 class StoreContract:
@@ -347,6 +348,17 @@ class StoreContract:
             store.read([0, image_id, 1])
         assert caught.value.args == (image_id,)
 
+    def test_ids_beyond_int64_raise_key_error(self, store) -> None:
+        with pytest.raises(KeyError) as caught:
+            store.read([0, 2**70])
+        assert caught.value.args == (2**70,)
+
+    def test_a_batch_in_a_memoryview_is_taken(self, name: str, tmp_path: Path) -> None:
+        images = sample_images(name, count=3)
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(memoryview(images), [1, 2, 3])
+            assert_read_match(store, None, list(images), [1, 2, 3])
+
     @pytest.mark.parametrize("ids", [1, "01", [0.0, 1.0], [[0, 1]], [True]], ids=repr)
     def test_ids_of_wrong_type_raise_type_error(self, store, ids) -> None:
         with pytest.raises(TypeError, match="ids must be"):
@@ -406,6 +418,49 @@ class StoreContract:
         with pytest.raises(ValueError, match=f"holds {description}, not a {re.escape(name)} store"):
             storage.open(name, path, mode)
         assert {str(p): p.stat().st_size for p in tmp_path.rglob("*")} == before
+
+    @needs_fork
+    @pytest.mark.parametrize("mode", ["r", "a", "w", "x"])
+    def test_a_special_file_is_refused_without_waiting(self, name: str, mode: str, tmp_path: Path) -> None:
+        """A FIFO at the path: reading it to see what it is would wait for a writer forever."""
+        os.mkfifo(tmp_path / "fifo")
+
+        def opened() -> str:
+            try:
+                storage.open(name, tmp_path / "fifo", mode)
+            except (ValueError, FileExistsError) as error:
+                return type(error).__name__
+            return "opened"
+
+        outcome = run_forked(opened, timeout=10)
+        assert outcome.result == ("FileExistsError" if mode == "x" else "ValueError"), outcome.describe()
+
+    def test_a_store_stays_where_it_was_opened(self, name: str, tmp_path: Path, monkeypatch) -> None:
+        """Opened by a relative path, it keeps reading and appending there after the working directory moves."""
+        images = sample_images(name, count=4)
+        for place in ("here", "elsewhere"):
+            (tmp_path / place).mkdir()
+        with storage.open(name, tmp_path / "elsewhere" / "store", "x") as other:
+            other.append(images[3:], [9])
+        monkeypatch.chdir(tmp_path / "here")
+        with storage.open(name, "store", "x") as store:
+            store.append(images[:2], [1, 2])
+            monkeypatch.chdir(tmp_path / "elsewhere")
+            store.append(images[2:3], [3])
+            assert_read_match(store, None, list(images[:3]), [1, 2, 3])
+        with storage.open(name, tmp_path / "elsewhere" / "store") as other:
+            assert_read_match(other, None, list(images[3:]), [9])
+
+    def test_a_store_opened_through_a_symlink_is_the_store(self, name: str, tmp_path: Path) -> None:
+        images = sample_images(name, count=3)
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(images[:1], [1])
+        (tmp_path / "link").symlink_to(tmp_path / "store")
+        with storage.open(name, tmp_path / "link", "a") as store:
+            store.append(images[1:], [2, 3])
+        assert (tmp_path / "link").is_symlink()
+        with storage.open(name, tmp_path / "store") as store:
+            assert_read_match(store, None, list(images), [1, 2, 3])
 
     def test_replace_mode_empties_a_store_of_its_own_backend(self, name: str, tmp_path: Path) -> None:
         images = sample_images(name)
@@ -560,6 +615,42 @@ class StoreContract:
                 store.append(*numbered_batch(self.backend, appended + 1, CRASH_BATCH))
             with storage.open(self.backend, path) as store:
                 assert_read_match(store, None, *numbered_batches(self.backend, appended + 2, CRASH_BATCH))
+
+    @needs_fork
+    def test_two_writers_take_turns_and_lose_nothing(self, tmp_path: Path) -> None:
+        """Two processes append to one store at once: every append of both is there, whole, its pixels with its
+        labels, and nothing else."""
+        path = tmp_path / "store"
+        with storage.open(self.backend, path, "x", durable=False) as store:
+            store.append(*numbered_batch(self.backend, 0, WRITE_BATCH))
+        numbers = {writer: range(1 + writer * WRITE_APPENDS, 1 + (writer + 1) * WRITE_APPENDS) for writer in (0, 1)}
+
+        def write(writer: int) -> int:
+            with storage.open(self.backend, path, "a", durable=False) as store:
+                for number in numbers[writer]:
+                    store.append(*numbered_batch(self.backend, number, WRITE_BATCH))
+            return len(numbers[writer])
+
+        second = os.fork()
+        if second == 0:
+            try:
+                write(1)
+            finally:
+                os._exit(0)
+        assert run_forked(lambda: write(0), timeout=60).result == WRITE_APPENDS
+        os.waitpid(second, 0)
+        with storage.open(self.backend, path) as store:
+            images, labels = store.read()
+            codec = store.codec
+        assert len(labels) == (1 + 2 * WRITE_APPENDS) * WRITE_BATCH
+        found = []
+        for start in range(0, len(labels), WRITE_BATCH):
+            number = int(labels[start]) // WRITE_BATCH
+            expected_images, expected_labels = numbered_batch(self.backend, number, WRITE_BATCH)
+            assert labels[start : start + WRITE_BATCH].tolist() == expected_labels.tolist(), f"append {number} split"
+            assert_images_match(images[start : start + WRITE_BATCH], expected_images, codec)
+            found.append(number)
+        assert sorted(found) == list(range(1 + 2 * WRITE_APPENDS))
 
     @needs_fork
     def test_readers_see_a_consistent_prefix_while_a_writer_appends(self, tmp_path: Path) -> None:
