@@ -67,7 +67,9 @@ class Store(ABC):
         self.durable = durable  # whether append flushes to disk (fsync) before it returns
         self.closed = False
         self.name = name or type(self).name  # a variant's name, or the backend's
+        before = None if create else self._last_commit()  # taken first: a commit while opening is caught up later
         self._start(create)
+        self._committed = self._last_commit() if create else before
 
     # --- where a store lives: local files by default --------------------------------
 
@@ -138,10 +140,28 @@ class Store(ABC):
     def _start(self, create: bool) -> None:
         """Create an empty store first if `create`; then open it (ValueError if it is some other format)."""
 
+    def _commit_file(self) -> Path | None:
+        """The file that every append replaces with a new one, so a writer can tell whether others committed since
+        it last looked; None: always catch up before an append."""
+        return None
+
+    def _last_commit(self) -> tuple[int, ...] | None:
+        """What identifies the last commit: the commit file's inode, size and change time."""
+        commit = self._commit_file()
+        if commit is None:
+            return None
+        try:
+            stat = os.stat(commit)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
     def _refresh(self) -> None:
-        """Catch up with appends that other writers committed since this store was opened (called in turn)."""
-        self._close()
-        self._start(create=False)
+        """Catch up with appends that other writers committed since this store last looked (called in turn)."""
+        latest = self._last_commit()
+        if latest is None or latest != self._committed:
+            self._close()
+            self._start(create=False)
 
     @abstractmethod
     def _count(self) -> int: ...
@@ -212,6 +232,7 @@ class Store(ABC):
             with taking_turns(self.writer_lock(self.location)):
                 self._refresh()
                 self._append(batches, label_array)
+                self._committed = self._last_commit()
 
     def close(self) -> None:
         """Release the store; safe to call more than once."""

@@ -79,6 +79,9 @@ class RunFileStore(Store):
         self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
         self._offsets = list(offsets)
 
+    def _commit_file(self) -> Path:
+        return self.location  # replaced by the renamed copy
+
     def _count(self) -> int:
         return int(self._starts[-1])
 

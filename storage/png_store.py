@@ -69,6 +69,9 @@ class PngStore(Store):
         own = [location / INDEX, staging_path(location / INDEX), cls.writer_lock(location)]
         return [*filter(Path.exists, own), *sorted(images)]
 
+    def _commit_file(self) -> Path:
+        return self.location / INDEX  # replaced atomically by every append
+
     def _image_path(self, image_id: int) -> Path:
         return self.location / f"{image_id:09d}.png"
 
