@@ -1,8 +1,10 @@
-"""Durability and crash safety: files replaced atomically, and flushed to disk when asked."""
+"""Durability and crash safety: files replaced atomically, flushed to disk when asked, and never written or read
+through a symlink that someone planted in a store."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import sys
@@ -15,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from storage._errors import DamagedStoreError
+
 
 def staging_path(path: Path) -> Path:
     """Where a new version of `path` is prepared before it replaces `path`."""
@@ -24,8 +28,31 @@ def staging_path(path: Path) -> Path:
 def replace_atomically(path: Path, data: bytes, durable: bool) -> None:
     """Give `path` the content `data` so that a crash or a reader sees the old or the new file, never a mix."""
     staging = staging_path(path)
-    staging.write_bytes(data)
+    write_new(staging, data)
     _swap_in(staging, path, durable)
+
+
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write `path` as a new file: whatever was at that name (a leftover, or a symlink) is removed, not followed."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+
+
+def read_own(path: Path) -> bytes:
+    """The bytes of a file of a store; DamagedStoreError if it is a symlink, which could lead out of the store."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | NO_FOLLOW)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DamagedStoreError(f"{path} is a symlink; a store's files are its own") from None
+        raise
+    with os.fdopen(descriptor, "rb") as file:
+        return file.read()
 
 
 @contextmanager
@@ -35,6 +62,7 @@ def staged_copy(path: Path, durable: bool) -> Iterator[Path]:
     Readers that have `path` open keep reading the old version; a crash leaves the old version.
     """
     staging = staging_path(path)
+    staging.unlink(missing_ok=True)  # a leftover, or a symlink planted there: never written through
     shutil.copyfile(path, staging)
     try:
         yield staging

@@ -79,13 +79,13 @@ class Hdf5Store(RunFileStore):
         if self._file.attrs.get("format") != FORMAT:
             self._file.close()
             raise ValueError(f"{self.location} is an HDF5 file that is no image store")
-        self._runs: list[h5py.Dataset] = [self._file["images"][name] for name in sorted(self._file["images"])]
+        self._runs = _own_datasets(self._file, "images")
         self._codecs = [_run_codec(run) for run in self._runs]
         layouts = [
             _encoded_layout(run, codec) if codec else (run.shape[1:], run.dtype)
             for run, codec in zip(self._runs, self._codecs)
         ]
-        labels = [self._file["labels"][name][()] for name in sorted(self._file["labels"])]
+        labels = [dataset[()] for dataset in _own_datasets(self._file, "labels")]
         offsets = [run.id.get_offset() or 0 for run in self._runs]  # where each run's pixels start in the file
         self._found_runs(layouts, [len(run) for run in self._runs], labels, offsets)
 
@@ -131,6 +131,23 @@ class Hdf5Store(RunFileStore):
             return
         for position, row in enumerate(pick.tolist()):
             out[position] = codec.decode(rows[row], out.shape[1:], out.dtype)
+
+
+def _own_datasets(file: h5py.File, group: str) -> list[h5py.Dataset]:
+    """The datasets of a group, in name order, each held in the file itself: a link (soft or to another file), a
+    dataset stored in external files, or a virtual dataset would make a read reach outside the store."""
+    found = []
+    for name in ["", *sorted(file[group])]:
+        path = f"{group}/{name}".rstrip("/")
+        link = file.get(path, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise DamagedStoreError(f"{file.filename}: {path} is a {type(link).__name__}, not part of the store")
+        if name:
+            dataset = file[path]
+            if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
+                raise DamagedStoreError(f"{file.filename}: {path} keeps its data outside the store")
+            found.append(dataset)
+    return found
 
 
 def _run_codec(run: h5py.Dataset) -> codecs.Codec | None:

@@ -84,6 +84,7 @@ class LmdbStore(Store):
 
     def _start(self, create: bool) -> None:
         self.encoding = ENCODINGS.index(self.options.encoding)
+        _check_own(self.location)
         if not create:
             _check_length(self.location / "data.mdb")
         self._env = _open_env(
@@ -110,6 +111,7 @@ class LmdbStore(Store):
         if not (location / "data.mdb").is_file():
             return False
         try:
+            _check_own(location)
             _check_length(location / "data.mdb")
             env = _open_env(location, readonly=True, lock=False, create=False)
         except (lmdb.Error, DamagedStoreError):  # not LMDB, or damaged beyond opening
@@ -219,6 +221,14 @@ def _check_length(data_file: Path) -> None:
     needed = (max(newest)[1] + 1) * page_size
     if data_file.stat().st_size < needed:
         raise DamagedStoreError(f"{data_file} is {data_file.stat().st_size} bytes; its meta page lists {needed}")
+
+
+def _check_own(location: Path) -> None:
+    """DamagedStoreError if LMDB's files are symlinks: LMDB would read and write through them (lock.mdb even when
+    read-only)."""
+    for name in ("data.mdb", "lock.mdb"):
+        if (location / name).is_symlink():
+            raise DamagedStoreError(f"{location / name} is a symlink; a store's files are its own")
 
 
 def _open_env(path: Path, **options: object) -> lmdb.Environment:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from storage._base import Capabilities, Options, Store
-from storage._durable import make_durable, replace_atomically, staging_path
+from storage._durable import make_durable, read_own, replace_atomically, staging_path, write_new
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, stack_or_list
 from storage.codecs import Png
@@ -50,7 +50,7 @@ class PngStore(Store):
         if create:
             self.location.mkdir(exist_ok=True)
             replace_atomically(index, MAGIC, self.durable)
-        data = index.read_bytes()
+        data = read_own(index)
         if not data.startswith(MAGIC) or (len(data) - len(MAGIC)) % RECORD.itemsize:
             raise DamagedStoreError(f"{index} is not a complete png store index")
         self._records = np.frombuffer(data, RECORD, offset=len(MAGIC))
@@ -88,7 +88,7 @@ class PngStore(Store):
         for batch in batches:
             for image in batch:
                 path = self._image_path(image_id)
-                path.write_bytes(self.codec.encode(image))
+                write_new(path, self.codec.encode(image))
                 written.append(path)
                 image_id += 1
         if self.durable:
@@ -98,7 +98,7 @@ class PngStore(Store):
         self._records = records
 
     def _decode(self, image_id: int) -> np.ndarray:
-        array = self.codec.decode(self._image_path(image_id).read_bytes())
+        array = self.codec.decode(read_own(self._image_path(image_id)))
         return array[..., np.newaxis] if self._records["one_channel_axis"][image_id] else array
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:

@@ -58,3 +58,27 @@ def test_bad_option_is_refused_and_writes_nothing(name, options, message, tmp_pa
     with pytest.raises(ValueError, match=message):
         storage.open(name, tmp_path / "store", "x", **options)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("way", ["external-storage", "external-link", "soft-link", "virtual"])
+def test_data_outside_the_store_is_refused_as_damage(way, tmp_path):
+    """A store that would make h5py read another file (or another place) is damaged, and nothing of it is read."""
+    victim = tmp_path / "user.bin"
+    victim.write_bytes(bytes(range(256)) * 4)
+    with storage.open("hdf5", tmp_path / "store.h5", "x") as store:
+        store.append(IMAGES[:2], [1, 2])
+    with h5py.File(tmp_path / "store.h5", "r+") as file:
+        images = file["images"]
+        if way == "external-storage":
+            images.create_dataset("00000001", shape=(2, 16, 16, 3), dtype="u1", external=[(str(victim), 0, 1536)])
+        elif way == "external-link":
+            images["00000001"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/data")
+        elif way == "soft-link":
+            images["00000001"] = h5py.SoftLink("/images/00000000")
+        else:
+            layout = h5py.VirtualLayout(shape=(2, 16, 16, 3), dtype="u1")
+            layout[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "/data", shape=(2, 16, 16, 3))
+            images.create_virtual_dataset("00000001", layout)
+        file["labels"].create_dataset("00000001", data=np.array([3, 4]))
+    with pytest.raises(storage.DamagedStoreError, match=r"(outside|not part of) the store"):
+        storage.open("hdf5", tmp_path / "store.h5").read()

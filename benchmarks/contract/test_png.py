@@ -44,3 +44,16 @@ def test_header_claiming_a_huge_image_is_rejected(tmp_path):
     image.write_bytes(bytes(content))
     outcome = run_forked(lambda: open_and_read("png", tmp_path / "store"), headroom=HEADROOM)
     assert outcome.error == "DamagedStoreError", outcome.describe()
+
+
+def test_a_symlink_at_the_next_image_name_is_replaced_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    with storage.open("png", tmp_path / "store", "x") as store:
+        store.append(SMOOTH[:1, :6, :7], [0])
+    (tmp_path / "store" / "000000001.png").symlink_to(victim)
+    with storage.open("png", tmp_path / "store", "a") as store:
+        store.append(SMOOTH[1:2, :6, :7], [1])
+        assert np.array_equal(store[1][0], SMOOTH[1, :6, :7])
+    assert victim.read_bytes() == b"not yours"
+    assert not (tmp_path / "store" / "000000001.png").is_symlink()

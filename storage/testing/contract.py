@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import storage
 from storage import _durable, codecs
+from storage._durable import staging_path
 from storage.testing.assertions import Tolerance, assert_images_match, assert_read_match, store_path
 from storage.testing.isolation import run_forked
 from storage.testing.strategies import REQUIRED, batches, image_shape, labelled, layouts, mixed_images, rejected_layouts
@@ -461,6 +462,36 @@ class StoreContract:
         assert (tmp_path / "link").is_symlink()
         with storage.open(name, tmp_path / "store") as store:
             assert_read_match(store, None, list(images), [1, 2, 3])
+
+    def test_symlinks_planted_in_a_store_are_not_followed(self, name: str, tmp_path: Path) -> None:
+        """Each file of a store, and each one's staging name, in turn made a symlink to a file outside: reading and
+        appending either work on the store's own data or raise a documented error; the outside file is untouched."""
+        images = sample_images(name, count=3)
+        template = tmp_path / "template"
+        with storage.open(name, template, "x") as store:
+            store.append(images[:2], [1, 2])
+        victim = tmp_path / "victim"
+        planted_at = [
+            *(path.relative_to(template.parent) for path in storage.backend(name).files(template)),
+            *(staging_path(path).relative_to(template.parent) for path in storage.backend(name).files(template)),
+        ]
+        for planted in planted_at:
+            victim.write_bytes(b"not yours" * 1000)
+            copy = tmp_path / "copy"
+            shutil.rmtree(copy, ignore_errors=True)
+            copy.mkdir()
+            (shutil.copytree if template.is_dir() else shutil.copy2)(template, copy / template.name)
+            link = copy / planted
+            link.unlink(missing_ok=True)
+            link.symlink_to(victim)
+            try:
+                with storage.open(name, copy / template.name, "a") as store:
+                    assert_read_match(store, None, list(images[:2]), [1, 2])
+                    store.append(images[2:], [3])
+                    assert_read_match(store, None, list(images), [1, 2, 3])
+            except (ValueError, OSError):  # documented: DamagedStoreError (a ValueError), or the OS refusing a link
+                pass
+            assert victim.read_bytes() == b"not yours" * 1000, f"{planted} led a write outside the store"
 
     def test_replace_mode_empties_a_store_of_its_own_backend(self, name: str, tmp_path: Path) -> None:
         images = sample_images(name)
