@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Union
@@ -49,12 +50,63 @@ class Options:
         return RAW
 
 
+class ReadersOrWriter:
+    """Lets threads that share a store read at the same time, and an append run alone (it may reopen the store)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._readers = 0
+        self._writers = 0  # waiting or writing: new readers let them go first, so an append is never starved
+        self._writing = False
+
+    def start_reading(self) -> None:
+        with self._changed:
+            while self._writers:
+                self._changed.wait()
+            self._readers += 1
+
+    def stop_reading(self) -> None:
+        with self._changed:
+            self._readers -= 1
+            if not self._readers:
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._changed:
+            self._writers += 1
+            while self._writing or self._readers:
+                self._changed.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writers -= 1
+                self._writing = False
+                self._changed.notify_all()
+
+
+class FreeForThreads:
+    """For a store whose library lets threads read while another appends (LMDB transactions): no turns to take."""
+
+    def start_reading(self) -> None:
+        pass
+
+    def stop_reading(self) -> None:
+        pass
+
+    def writing(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
 class Store(ABC):
     """A store of labelled images; open one with :func:`storage.open`."""
 
     name: ClassVar[str]  # the backend's name in the registry
     capabilities: ClassVar[Capabilities]
     Options: ClassVar[type[Options]] = Options
+    thread_turns: ClassVar[type] = ReadersOrWriter  # how threads sharing one store object take turns
 
     def __init__(
         self, location: Path, options: Options, *, writable: bool, create: bool, durable: bool, name: str | None = None
@@ -67,6 +119,7 @@ class Store(ABC):
         self.durable = durable  # whether append flushes to disk (fsync) before it returns
         self.closed = False
         self.name = name or type(self).name  # a variant's name, or the backend's
+        self._turns = self.thread_turns()  # threads sharing this object: reads together, an append alone
         before = None if create else self._last_commit()  # taken first: a commit while opening is caught up later
         self._start(create)
         self._committed = self._last_commit() if create else before
@@ -195,7 +248,11 @@ class Store(ABC):
 
     def __len__(self) -> int:
         self._check_open()
-        return self._count()
+        self._turns.start_reading()
+        try:
+            return self._count()
+        finally:
+            self._turns.stop_reading()
 
     def __getitem__(self, image_id: int) -> tuple[np.ndarray, int]:
         images, labels = self.read([image_id])
@@ -208,11 +265,15 @@ class Store(ABC):
         dtype, otherwise as a list of arrays.
         """
         self._check_open()
-        selected = self._ids(ids)
-        if len(selected) == 0:
-            return [], np.empty(0, np.int64)
-        with damage_reported(self.location, self.name):
-            return self._read(selected)
+        self._turns.start_reading()
+        try:
+            selected = self._ids(ids)
+            if len(selected) == 0:
+                return [], np.empty(0, np.int64)
+            with damage_reported(self.location, self.name):
+                return self._read(selected)
+        finally:
+            self._turns.stop_reading()
 
     def append(self, images: Images, labels: Sequence[int]) -> None:
         """Add images with their labels; ids continue from ``len(store)``.
@@ -229,7 +290,7 @@ class Store(ABC):
         count = sum(len(b) for b in batches)
         label_array = as_labels(labels, count)
         if count:
-            with taking_turns(self.writer_lock(self.location)):
+            with self._turns.writing(), taking_turns(self.writer_lock(self.location)):
                 self._refresh()
                 self._append(batches, label_array)
                 self._committed = self._last_commit()

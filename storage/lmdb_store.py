@@ -28,7 +28,7 @@ import lmdb
 import numpy as np
 
 from storage import codecs
-from storage._base import Capabilities, Options, Store
+from storage._base import Capabilities, FreeForThreads, Options, Store
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, is_consecutive, stack_or_list
 from storage.codecs import NUMERIC_KINDS
@@ -80,6 +80,7 @@ class LmdbOptions(Options):
 class LmdbStore(Store):
     name = "lmdb"
     capabilities = Capabilities(directory=True, durability="library", lock_files=("lock.mdb",))
+    thread_turns = FreeForThreads  # every read is its own LMDB read transaction
     Options = LmdbOptions
 
     def _start(self, create: bool) -> None:

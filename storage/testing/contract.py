@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -682,6 +683,39 @@ class StoreContract:
             assert_images_match(images[start : start + WRITE_BATCH], expected_images, codec)
             found.append(number)
         assert sorted(found) == list(range(1 + 2 * WRITE_APPENDS))
+
+    def test_threads_sharing_a_store_read_whole_appends_while_one_appends(self, tmp_path: Path) -> None:
+        """One store object, two threads reading it over and over while the main thread appends: every read is a
+        prefix of whole appends, bit-exact, and nothing is lost."""
+        expected_images, expected_labels = numbered_batches(self.backend, READ_APPENDS + 1, READ_BATCH)
+        failures, reads = [], []
+        done = threading.Event()
+        with storage.open(self.backend, tmp_path / "store", "x", durable=False) as store:
+            store.append(*numbered_batch(self.backend, 0, READ_BATCH))
+
+            def read_until_done() -> None:
+                try:
+                    while not done.is_set():
+                        images, labels = store.read()
+                        count = len(labels)
+                        assert count % READ_BATCH == 0, f"read {count} images: not whole appends"
+                        assert labels.tolist() == expected_labels[:count]
+                        assert_images_match(images, expected_images[:count], store.codec)
+                        reads.append(count)
+                except BaseException as error:  # reported by the main thread
+                    failures.append(error)
+
+            readers = [threading.Thread(target=read_until_done) for _ in range(READERS)]
+            for reader in readers:
+                reader.start()
+            for number in range(1, READ_APPENDS + 1):
+                store.append(*numbered_batch(self.backend, number, READ_BATCH))
+            done.set()
+            for reader in readers:
+                reader.join()
+            assert not failures, failures[0]
+            assert reads
+            assert_read_match(store, None, expected_images, expected_labels)
 
     @needs_fork
     def test_readers_see_a_consistent_prefix_while_a_writer_appends(self, tmp_path: Path) -> None:
