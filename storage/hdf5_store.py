@@ -136,17 +136,20 @@ class Hdf5Store(RunFileStore):
 def _own_datasets(file: h5py.File, group: str) -> list[h5py.Dataset]:
     """The datasets of a group, in name order, each held in the file itself: a link (soft or to another file), a
     dataset stored in external files, or a virtual dataset would make a read reach outside the store."""
+
+    def check_hard_link(parent: h5py.Group, name: str) -> None:
+        if parent.id.links.get_info(name.encode()).type != h5py.h5l.TYPE_HARD:  # looked at, not followed
+            raise DamagedStoreError(f"{file.filename}: {parent.name}/{name} is a link, not part of the store")
+
+    check_hard_link(file, group)
+    parent = file[group]
     found = []
-    for name in ["", *sorted(file[group])]:
-        path = f"{group}/{name}".rstrip("/")
-        link = file.get(path, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise DamagedStoreError(f"{file.filename}: {path} is a {type(link).__name__}, not part of the store")
-        if name:
-            dataset = file[path]
-            if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
-                raise DamagedStoreError(f"{file.filename}: {path} keeps its data outside the store")
-            found.append(dataset)
+    for name in sorted(parent):
+        check_hard_link(parent, name)
+        dataset = parent[name]
+        if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
+            raise DamagedStoreError(f"{file.filename}: {group}/{name} keeps its data outside the store")
+        found.append(dataset)
     return found
 
 
