@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from benchmarks.contract.test_third_party import Quantized
 from storage import codecs
 from storage.testing import assert_images_equal, assert_images_match, psnr
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class Blurry(codecs.Codec):
-    """A made-up lossy codec that promises 40 dB."""
-
-    name = "blurry"
-    holds = "uint8 images"
-    lossless = False
-    min_psnr = 40.0
-
-    def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-        return dtype == np.uint8
-
-    def encode(self, image: np.ndarray) -> bytes:
-        return image.tobytes()
-
-    def decode(self, data: codecs.Data, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return np.frombuffer(data, dtype).reshape(shape)
 
 
 def off_by(image: np.ndarray, step: int) -> np.ndarray:
@@ -45,13 +26,15 @@ def test_psnr_of_a_uniform_error_follows_the_definition():
 
 
 def test_a_lossy_codec_allows_errors_within_its_bound_and_no_more():
-    assert_images_match([off_by(IMAGE, 2)], [IMAGE], Blurry())
+    assert_images_match([off_by(IMAGE, 4)], [IMAGE], Quantized())  # 36.1 dB, promised 36
     assert_images_match([off_by(IMAGE, 2)], [IMAGE], 40.0)
+    with pytest.raises(AssertionError, match=r"PSNR 30\.1 dB, below the promised 36\.0 dB"):
+        assert_images_match([off_by(IMAGE, 8)], [IMAGE], Quantized())
     with pytest.raises(AssertionError, match=r"PSNR 36\.1 dB, below the promised 40\.0 dB"):
-        assert_images_match([off_by(IMAGE, 4)], [IMAGE], Blurry())
+        assert_images_match([off_by(IMAGE, 4)], [IMAGE], 40.0)
 
 
-@pytest.mark.parametrize("tolerance", [Blurry(), codecs.RAW, None], ids=["lossy", "lossless", "none"])
+@pytest.mark.parametrize("tolerance", [Quantized(), codecs.RAW, None], ids=["lossy", "lossless", "none"])
 def test_dtype_shape_and_count_must_match_whatever_the_codec(tolerance):
     with pytest.raises(AssertionError, match="dtype uint16, expected uint8"):
         assert_images_match([IMAGE.astype(np.uint16)], [IMAGE], tolerance)
