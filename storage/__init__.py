@@ -145,7 +145,9 @@ def backend(name: str) -> Backend:
 
 
 def detect(location: str | os.PathLike) -> str | None:
-    """Name of the backend whose store is at `location`, or None."""
+    """Name of the backend whose store is at `location`, or None (also for a FIFO or device, which is not read)."""
+    if os.path.exists(location) and not (os.path.isdir(location) or os.path.isfile(location)):
+        return None
     return next((name for name in available(variants=False) if backend(name).is_store(location)), None)
 
 

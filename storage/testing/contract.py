@@ -436,6 +436,7 @@ class StoreContract:
 
         outcome = run_forked(opened, timeout=10)
         assert outcome.result == ("FileExistsError" if mode == "x" else "ValueError"), outcome.describe()
+        assert run_forked(lambda: storage.detect(tmp_path / "fifo"), timeout=10).result is None
 
     def test_a_store_stays_where_it_was_opened(self, name: str, tmp_path: Path, monkeypatch) -> None:
         """Opened by a relative path, it keeps reading and appending there after the working directory moves."""
