@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import storage
-from benchmarks import machine, summary
+from benchmarks import machine, report, summary
 from benchmarks.data import Dataset, parse_size, size_id
 from benchmarks.floor import FLOOR
 from benchmarks.harness import Source, Subject, peak_memory, store
@@ -233,8 +233,11 @@ def pytest_runtest_call(item: pytest.Item):
     yield
     benchmark = getattr(item, "funcargs", {}).get("benchmark")
     if benchmark is not None and not benchmark.disabled and benchmark.stats is not None:
-        row = summary.Row.of(benchmark.group or "", benchmark.stats.stats.median, benchmark.extra_info)
-        item.config.stash[ROWS].append(row)
+        stats = {"median": benchmark.stats.stats.median, "iqr": benchmark.stats.stats.iqr}
+        saved = {"name": benchmark.name, "group": benchmark.group, "stats": stats, "extra_info": benchmark.extra_info}
+        row = report.result(saved)  # read as the report reads a saved run
+        if row is not None:
+            item.config.stash[ROWS].append(row)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables: the answer is the last thing on screen

@@ -34,6 +34,7 @@ class Result:
     """One benchmark of a saved run."""
 
     name: str
+    group: str  # the table pytest-benchmark printed it in
     experiment: str
     backend: str
     images: int
@@ -54,32 +55,34 @@ def load(path: Path) -> list[Result]:
         benchmarks = json.loads(path.read_text())["benchmarks"]
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{path} is not a pytest-benchmark JSON run: {error}") from error
-    results = []
-    for benchmark in benchmarks:
-        info = benchmark.get("extra_info", {})
-        if "backend" not in info:
-            continue  # not one of this suite's experiments
-        experiment = info.get("experiment", benchmark["group"].split()[0])
-        results.append(
-            Result(
-                name=benchmark["name"],
-                experiment=experiment,
-                backend=info["backend"],
-                images=int(info["images"]),
-                reads=int(info.get("reads", 1 if experiment in SINGLE else info["images"])),
-                size=info["image_size"],
-                median=benchmark["stats"]["median"],
-                iqr=benchmark["stats"]["iqr"],
-                raw_bytes=int(info["raw_pixel_bytes"]),
-                disk_per_image=info.get("disk_bytes_per_image"),
-                peak_memory=info.get("peak_memory_bytes"),
-                page_cache=info.get("page_cache", ""),
-                workers=info.get("workers"),
-            )
-        )
+    results = [found for found in map(result, benchmarks) if found is not None]
     if not results:
         raise ValueError(f"{path} holds no benchmarks of this suite")
     return results
+
+
+def result(benchmark: dict) -> Result | None:
+    """One benchmark as pytest-benchmark saves it (name, group, stats, extra_info); None if not of this suite."""
+    info = benchmark.get("extra_info", {})
+    if "backend" not in info:
+        return None
+    experiment = info.get("experiment", benchmark["group"].split()[0])
+    return Result(
+        name=benchmark["name"],
+        group=benchmark["group"] or "",
+        experiment=experiment,
+        backend=info["backend"],
+        images=int(info["images"]),
+        reads=int(info.get("reads", 1 if experiment in SINGLE else info["images"])),
+        size=info["image_size"],
+        median=benchmark["stats"]["median"],
+        iqr=benchmark["stats"]["iqr"],
+        raw_bytes=int(info["raw_pixel_bytes"]),
+        disk_per_image=info.get("disk_bytes_per_image"),
+        peak_memory=info.get("peak_memory_bytes"),
+        page_cache=info.get("page_cache", ""),
+        workers=info.get("workers"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,40 +8,13 @@ round allocated beyond its input. The fastest row is marked with ``*``. Lines st
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import groupby
 
 from benchmarks.floor import FLOOR
+from benchmarks.report import Result
 
 WIDTH = 120
 COLUMNS = ("", "backend", "median", "× floor", "images/s", "disk/image", "× raw", "peak memory")
-
-
-@dataclass(frozen=True)
-class Row:
-    """What the summary shows of one finished benchmark."""
-
-    group: str
-    backend: str
-    median: float  # seconds
-    images: int  # per round
-    disk_per_image: float | None = None
-    raw_per_image: float | None = None
-    peak_memory: int | None = None  # bytes
-
-    @classmethod
-    def of(cls, group: str, median: float, info: dict) -> Row:
-        images = int(info.get("images", 1))
-        raw = info.get("raw_pixel_bytes")
-        return cls(
-            group=group,
-            backend=info.get("backend", "?"),
-            median=median,
-            images=int(info.get("reads", images)),  # a random or single read takes fewer than the store holds
-            disk_per_image=info.get("disk_bytes_per_image"),
-            raw_per_image=raw / images if raw else None,
-            peak_memory=info.get("peak_memory_bytes"),
-        )
 
 
 def duration(seconds: float) -> str:
@@ -60,20 +33,20 @@ def size(count: float | None) -> str:
     return f"{count:.0f} B"
 
 
-def table(rows: list[Row]) -> list[str]:
+def table(rows: list[Result]) -> list[str]:
     """The lines of one group's table, fastest first."""
     floor = next((row.median for row in rows if row.backend == FLOOR.name), None)
     fastest = min(row.median for row in rows)
     cells = [COLUMNS]
     for row in sorted(rows, key=lambda row: row.median):
-        disk_ratio = row.disk_per_image / row.raw_per_image if row.disk_per_image and row.raw_per_image else None
+        disk_ratio = row.disk_per_image / (row.raw_bytes / row.images) if row.disk_per_image and row.raw_bytes else None
         cells.append(
             (
                 "*" if row.median == fastest else "",
                 row.backend,
                 duration(row.median),
                 f"{row.median / floor:.2f}" if floor else "",
-                f"{row.images / row.median:.3g}",
+                f"{row.reads / row.median:.3g}",
                 size(row.disk_per_image),
                 f"{disk_ratio:.2f}" if disk_ratio else "",
                 size(row.peak_memory),
@@ -90,7 +63,7 @@ def table(rows: list[Row]) -> list[str]:
     ]
 
 
-def render(rows: Iterable[Row]) -> list[str]:
+def render(rows: Iterable[Result]) -> list[str]:
     """Every group's heading and table, groups in name order."""
     lines = []
     for group, members in groupby(sorted(rows, key=lambda row: row.group), key=lambda row: row.group):
