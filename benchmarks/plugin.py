@@ -140,7 +140,7 @@ def grid(options: argparse.Namespace) -> Grid:
     preset = PRESETS[name]
     counts = options.image_counts or preset.counts
     sizes = options.image_sizes or preset.sizes
-    dataset = replace(options.dataset, strict=getattr(options, "fail_on_bad_image", False))
+    dataset = replace(options.dataset, strict=options.fail_on_bad_image)
     if dataset.kind != "synthetic":
         if options.image_sizes:
             raise pytest.UsageError("--image-sizes applies to the synthetic dataset; cifar10 and folder keep their own")

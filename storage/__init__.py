@@ -16,7 +16,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from functools import cache
+from functools import cache, cached_property
 from importlib import metadata
 from types import MappingProxyType
 
@@ -72,8 +72,9 @@ class Backend:
             raise TypeError(f"the {self.name} backend has no option {unknown[0]!r}; its options: {takes}")
         return self.store_class.Options(**{**self.options, **options})
 
-    @property
+    @cached_property
     def codec(self) -> Codec:
+        """How this name writes new images (its options' codec)."""
         return self.settings().codec
 
     @property
@@ -146,7 +147,7 @@ def backend(name: str) -> Backend:
 
 def detect(location: str | os.PathLike) -> str | None:
     """Name of the backend whose store is at `location`, or None (also for a FIFO or device, which is not read)."""
-    if os.path.exists(location) and not (os.path.isdir(location) or os.path.isfile(location)):
+    if _special(location):
         return None
     return next((name for name in available(variants=False) if backend(name).is_store(location)), None)
 
@@ -171,7 +172,7 @@ def open(name: str, location: str | os.PathLike, mode: str = "r", *, durable: bo
     exists = cls.exists(location)
     if exists and mode == "x":
         raise FileExistsError(errno.EEXIST, "a file or directory already exists", str(location))
-    if exists and cls.capabilities.local and not (location.is_dir() or location.is_file()):
+    if exists and cls.capabilities.local and _special(location):
         raise ValueError(f"{location} is a special file (a FIFO, socket or device), not a {name} store")
     if not exists and mode == "r":
         raise FileNotFoundError(errno.ENOENT, f"no {name} store", str(location))
@@ -197,6 +198,11 @@ def open(name: str, location: str | os.PathLike, mode: str = "r", *, durable: bo
         cls.remove(location)
         create = True
     return opened(writable=True, create=create)
+
+
+def _special(location: str | os.PathLike) -> bool:
+    """Whether `location` is a FIFO, socket or device: reading one to see what it holds could wait forever."""
+    return os.path.exists(location) and not (os.path.isdir(location) or os.path.isfile(location))
 
 
 def _describe(cls: type[Store], location: object) -> str:

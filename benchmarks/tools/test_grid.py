@@ -53,6 +53,7 @@ def test_grid_options_choose_the_cells():
 def options(**given: object) -> argparse.Namespace:
     """Parsed grid options, as pytest hands them to the plugin; timing on unless told."""
     chosen = {"preset": None, "backends": None, "image_counts": None, "image_sizes": None, "benchmark_disable": False}
+    chosen["fail_on_bad_image"] = False
     return argparse.Namespace(**{**chosen, "dataset": Dataset("synthetic"), **given})
 
 
