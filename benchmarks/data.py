@@ -145,21 +145,22 @@ class Listing:
         return size_id(shapes.pop()) if len(shapes) == 1 else "mixed"
 
 
-_LISTINGS: dict[Path, tuple[Listing, bool]] = {}  # directory -> the longest listing made, and whether it is whole
+_LISTINGS: dict[Path, Listing] = {}  # directory -> the longest listing made of it
 
 
 def list_folder(directory: Path, wanted: int) -> Listing:
     """Up to `wanted` images of `directory`, class folders in sorted order, each file's header read by Pillow."""
-    known, whole = _LISTINGS.get(directory, (None, False))
-    if known is not None and (whole or len(known.images) >= wanted):
-        return Listing(known.images[:wanted], known.classes, known.others, whole and len(known.images) <= wanted)
+    known = _LISTINGS.get(directory)
+    if known is not None and (known.complete or len(known.images) >= wanted):
+        complete = known.complete and len(known.images) <= wanted
+        return Listing(known.images[:wanted], known.classes, known.others, complete)
     classes = sorted(entry for entry in directory.iterdir() if entry.is_dir())
     images, others = [], []
     for label, cls in enumerate(classes):
         for path in sorted(entry for entry in cls.iterdir() if entry.is_file()):
             if len(images) == wanted:
-                _LISTINGS[directory] = Listing(tuple(images), len(classes), tuple(others), False), False
-                return _LISTINGS[directory][0]
+                _LISTINGS[directory] = Listing(tuple(images), len(classes), tuple(others), complete=False)
+                return _LISTINGS[directory]
             try:
                 with Image.open(path) as image:
                     shape = (image.height, image.width, *CHANNELS.get(image.mode, (3,)))
@@ -167,8 +168,8 @@ def list_folder(directory: Path, wanted: int) -> Listing:
                 others.append(path)
                 continue
             images.append((label, path, shape))
-    _LISTINGS[directory] = Listing(tuple(images), len(classes), tuple(others), True), True
-    return _LISTINGS[directory][0]
+    _LISTINGS[directory] = Listing(tuple(images), len(classes), tuple(others), complete=True)
+    return _LISTINGS[directory]
 
 
 def folder(directory: Path, count: int, strict: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
