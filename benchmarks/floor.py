@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import codecs
-from storage._base import Capabilities
 from storage._reading import read_buffer
 
 FILE_FLAGS = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_APPEND, "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL}
@@ -72,8 +70,6 @@ class Floor:
     """Opens plain files of pixel bytes; named `limit` in every table."""
 
     name = "limit"
-    codec = codecs.RAW
-    capabilities = Capabilities(directory=False)
 
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> PlainFile:
         return PlainFile(path, mode, durable)
