@@ -89,7 +89,7 @@ class RunFileStore(Store):
         bounds = np.cumsum([0, *map(len, batches)])
         runs = [
             (f"{number:08d}", batch, labels[start:stop])
-            for number, batch, start, stop in zip(range(len(self._layouts), 1 << 31), batches, bounds, bounds[1:])
+            for number, (batch, start, stop) in enumerate(zip(batches, bounds, bounds[1:]), len(self._layouts))
         ]
         self._release()
         try:
