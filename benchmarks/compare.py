@@ -1,18 +1,20 @@
 """Compare the benchmarks of two revisions on this machine and flag only significant regressions.
 
-    python -m benchmarks.compare BASE [HEAD] [--rounds 5] [--threshold 20] [--alpha 0.01]
+    python -m benchmarks.compare BASE [HEAD] [--rounds 7] [--threshold 20] [--alpha 0.01]
                                  [--disk-tolerance 1] [--memory-tolerance 5] [--keep DIR] [-- PYTEST OPTIONS]
 
 BASE and HEAD are git revisions; HEAD defaults to the working tree, uncommitted changes
 included. Each revision other than the working tree is checked out in a temporary git worktree.
 The chosen benchmarks (default: `DEFAULT_SUBSET`) run with this interpreter in one fresh
-process per revision and round, alternating base, head, base, head, so that drift of the machine
-hits both alike. A benchmark regressed when its head median is more than `threshold` percent
-slower than its base median and a one-sided Mann-Whitney U test on the per-round medians
-gives p < `alpha` (with 5 rounds a side that means every head round was slower than every base
-round); or when its disk bytes per image grew by more than `disk-tolerance` percent; or when its peak
-memory grew by more than `memory-tolerance` percent, every head round above every base round (the same
-test). Each round is reported on stderr as it finishes.
+process per revision and round. The rounds alternate which side runs first (base-head,
+head-base, ...), so that neither drift of the machine nor the position within a round favours
+a side. A benchmark regressed when its head median is more than `threshold` percent slower
+than its base median and a one-sided Mann-Whitney U test on the per-round medians, with
+Bonferroni's correction for the number of benchmarks judged, gives p < `alpha`: the chance
+that an unchanged tree fails anywhere in the table stays below `alpha`. It also regressed when
+its disk bytes per image grew by more than `disk-tolerance` percent, or when its peak memory
+grew by more than `memory-tolerance` percent with every head round above every base round.
+Each round is reported on stderr as it finishes.
 Exit status: 0 no regression, 1 regression, 2 the comparison could not run.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -83,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parse.add_argument("base", help="git revision to compare against, e.g. HEAD~1 or main")
     parse.add_argument("head", nargs="?", help="git revision to compare (default: the working tree)")
-    parse.add_argument("--rounds", type=int, default=5, help="alternating runs per revision (default 5, least 5)")
+    parse.add_argument("--rounds", type=int, default=7, help="runs per revision (default 7)")
     parse.add_argument("--threshold", type=float, default=20.0, help="slowdown in percent to flag (default 20)")
     parse.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     parse.add_argument("--disk-tolerance", type=float, default=1.0, help="disk growth in percent to flag (default 1)")
@@ -99,8 +102,7 @@ class ComparisonError(Exception):
 
 
 def compare(options: argparse.Namespace, pytest_args: list[str]) -> list[Row]:
-    if options.rounds < 5:
-        raise ComparisonError("--rounds must be at least 5: fewer per-round medians can never reach p < 0.01")
+    rounds_needed(1, options)
     root = Path(git(Path.cwd(), "rev-parse", "--show-toplevel"))
     with tempfile.TemporaryDirectory(prefix="benchmarks-compare-") as scratch:
         runs = Path(options.keep or scratch)
@@ -113,12 +115,13 @@ def compare(options: argparse.Namespace, pytest_args: list[str]) -> list[Row]:
             samples: dict[str, dict[str, Samples]] = {"base": {}, "head": {}}
             for round_number in range(options.rounds):
                 took = {}
-                for side in ("base", "head"):
+                for side in running_order(round_number):
                     output = runs / f"{side}-{round_number}.json"
                     started = time.monotonic()
                     run_benchmarks(trees[side], pytest_args, output)
                     took[side] = time.monotonic() - started
                     collect(output, samples[side])
+                rounds_needed(len(samples["base"].keys() & samples["head"].keys()), options)
                 print(
                     f"compare: round {round_number + 1} of {options.rounds} done "
                     f"(base {took['base']:.0f} s, head {took['head']:.0f} s)",
@@ -132,10 +135,31 @@ def compare(options: argparse.Namespace, pytest_args: list[str]) -> list[Row]:
     common = sorted(samples["base"].keys() & samples["head"].keys())
     if not common:
         raise ComparisonError("the two revisions share no benchmark in this selection")
-    rows = [judge(name, samples["base"][name], samples["head"][name], options) for name in common]
+    rows = [judge(name, samples["base"][name], samples["head"][name], options, len(common)) for name in common]
     for side, other in (("base", "head"), ("head", "base")):
         rows += [only(name, side) for name in sorted(samples[side].keys() - samples[other].keys())]
     return rows
+
+
+def running_order(round_number: int) -> tuple[str, str]:
+    """Which side runs first in a round: base in even rounds, head in odd ones."""
+    return ("base", "head") if round_number % 2 == 0 else ("head", "base")
+
+
+def smallest_p(rounds: int, judged: int) -> float:
+    """The smallest corrected p-value `rounds` rounds a side can give: every head round beyond every base round."""
+    return min(1.0, judged / math.comb(2 * rounds, rounds))
+
+
+def rounds_needed(judged: int, options: argparse.Namespace) -> None:
+    """Refuse a number of rounds with which no benchmark among `judged` could ever be flagged."""
+    if smallest_p(options.rounds, judged) < options.alpha:
+        return
+    enough = next(n for n in range(options.rounds + 1, 100) if smallest_p(n, judged) < options.alpha)
+    raise ComparisonError(
+        f"--rounds {options.rounds} can never reach p < {options.alpha:g} over {judged} benchmark(s): "
+        f"use --rounds {enough} or more"
+    )
 
 
 def git(tree: Path, *args: str) -> str:
@@ -186,7 +210,8 @@ def collect(output: Path, into: dict[str, Samples]) -> None:
             samples.memory.append(benchmark["extra_info"]["peak_memory_bytes"])
 
 
-def judge(name: str, base: Samples, head: Samples, options: argparse.Namespace) -> Row:
+def judge(name: str, base: Samples, head: Samples, options: argparse.Namespace, judged: int = 1) -> Row:
+    """The verdict on one benchmark; its p-values are multiplied by the number of benchmarks `judged` (Bonferroni)."""
     try:
         from scipy.stats import mannwhitneyu
     except ImportError:
@@ -194,8 +219,8 @@ def judge(name: str, base: Samples, head: Samples, options: argparse.Namespace) 
 
     ratio = statistics.median(head.medians) / statistics.median(base.medians)
     paired = [h / b for b, h in zip(base.medians, head.medians)]
-    p_slower = float(mannwhitneyu(head.medians, base.medians, alternative="greater").pvalue)
-    p_faster = float(mannwhitneyu(head.medians, base.medians, alternative="less").pvalue)
+    p_slower = min(1.0, judged * float(mannwhitneyu(head.medians, base.medians, alternative="greater").pvalue))
+    p_faster = min(1.0, judged * float(mannwhitneyu(head.medians, base.medians, alternative="less").pvalue))
     disk_growth = None
     if base.disk and head.disk:
         disk_growth = statistics.median(head.disk) / statistics.median(base.disk) - 1
@@ -254,9 +279,10 @@ def table(rows: list[Row], options: argparse.Namespace) -> str:
             f"{row.low:4.2f}-{row.high:4.2f}x  {p:6.4f}  {disk:>7}  {memory:>7}  {row.verdict}"
         )
     regressed = sum("REGRESSED" in row.verdict for row in rows)
+    judged = sum(not row.verdict.startswith("only") for row in rows)
     lines.append(
-        f"{options.rounds} alternating rounds a side; flagged when slower by > {options.threshold:g}% with "
-        f"p < {options.alpha:g}, > {options.disk_tolerance:g}% more disk per image, or > "
+        f"{options.rounds} rounds a side; flagged when slower by > {options.threshold:g}% with p < {options.alpha:g} "
+        f"(p corrected for {judged} benchmarks), > {options.disk_tolerance:g}% more disk per image, or > "
         f"{options.memory_tolerance:g}% more peak memory in every round. "
         + (f"{regressed} regressed." if regressed else "No regression.")
     )

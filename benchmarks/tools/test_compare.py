@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import machine
-from benchmarks.compare import Samples, judge, parser
+from benchmarks.compare import ComparisonError, Samples, judge, parser, rounds_needed, running_order
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("storage", "benchmarks", "conftest.py", "pyproject.toml")
@@ -59,6 +59,28 @@ def test_judge_flags_only_large_significant_slowdowns(head_scale, noise, verdict
     base = Samples([1e-3 * w for w in wobble])
     head = Samples([1e-3 * head_scale * w for w in reversed(wobble)])
     assert judge("test_x", base, head, DEFAULTS).verdict == verdict
+
+
+def test_judge_corrects_for_the_number_of_benchmarks_judged():
+    base = Samples([1.00e-3, 1.01e-3, 0.99e-3, 1.02e-3, 0.98e-3])
+    head = Samples([1.5 * t for t in base.medians])
+    assert judge("test_x", base, head, DEFAULTS, judged=1).verdict == "REGRESSED: slower"
+    # the same complete separation among ten benchmarks: 10 / C(10, 5) = 0.04 is no longer significant
+    assert judge("test_x", base, head, DEFAULTS, judged=10).verdict == ""
+
+
+def test_too_few_rounds_are_refused_with_the_number_needed():
+    rounds_needed(10, parser().parse_args(["HEAD", "--rounds", "7"]))
+    with pytest.raises(ComparisonError, match="--rounds 7 or more"):
+        rounds_needed(10, parser().parse_args(["HEAD", "--rounds", "5"]))
+    with pytest.raises(ComparisonError, match="--rounds 5 or more"):
+        rounds_needed(1, parser().parse_args(["HEAD", "--rounds", "4"]))
+
+
+def test_each_side_runs_first_in_half_of_the_rounds():
+    firsts = [running_order(n)[0] for n in range(6)]
+    assert firsts.count("base") == firsts.count("head") == 3
+    assert all(sorted(running_order(n)) == ["base", "head"] for n in range(6))
 
 
 def test_judge_flags_disk_growth_beyond_tolerance():
@@ -111,7 +133,8 @@ def project(tmp_path: Path) -> Path:
 
 def run_compare(project: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(project))
-    command = [sys.executable, "-m", "benchmarks.compare", "HEAD", "--", *SUBSET]
+    # six rounds: the fewest with which a benchmark among three can be flagged (3 / C(12, 6) < 0.01)
+    command = [sys.executable, "-m", "benchmarks.compare", "HEAD", "--rounds", "6", "--", *SUBSET]
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
 
 
