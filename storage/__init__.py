@@ -189,15 +189,16 @@ def open(name: str, location: str | os.PathLike, mode: str = "r", *, durable: bo
                 raise
             damage = f" ({error})" if isinstance(error, DamagedStoreError) else ""
             raise ValueError(f"{location} holds {_describe(cls, location)}, not a {name} store{damage}") from error
-    create = not exists
-    if exists and not cls.is_store(location):
-        if not (mode in "aw" and cls.is_free(location)):
-            raise ValueError(f"{location} holds {_describe(cls, location)}, not a {name} store")
-        create = True
-    elif exists and mode == "w":
-        cls.remove(location)
-        create = True
-    return opened(writable=True, create=create)
+    holds_store = exists and cls.is_store(location)
+    if exists and not holds_store and not (mode in "aw" and cls.is_free(location)):
+        raise ValueError(f"{location} holds {_describe(cls, location)}, not a {name} store")
+    if mode == "w" or not holds_store:
+        try:
+            cls.install(location, settings, durable=durable, name=name, replace=exists)
+        except FileExistsError:  # another process created the store meanwhile: join it, or refuse as "x" does
+            if mode != "a" or not cls.is_store(location):
+                raise
+    return opened(writable=True, create=False)
 
 
 def _special(location: str | os.PathLike) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
+import shutil
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,8 +16,8 @@ from typing import ClassVar, Union
 
 import numpy as np
 
-from storage._durable import taking_turns
-from storage._errors import damage_reported
+from storage._durable import move_into_place, taking_turns
+from storage._errors import damage_reported, medium_reported
 from storage._reading import Batch
 from storage.codecs import RAW, Codec
 
@@ -167,6 +169,47 @@ class Store(ABC):
         return "a file that is no image store"
 
     @classmethod
+    def install(cls, location: Path, options: Options, *, durable: bool, name: str, replace: bool) -> None:
+        """Create an empty store at `location`; with `replace`, in place of the store or empty directory there.
+
+        The store is made at a hidden name beside `location` and moved into place in one step, under the writer
+        lock of a store it replaces: an interrupted creation leaves the old store or the new one, never half of
+        one (a kill can leave the hidden one behind), and a failed one leaves nothing.
+        """
+        if replace and cls.capabilities.directory:
+            own = {*cls.files(location), cls.writer_lock(location)}
+            foreign = sorted(entry.name for entry in location.iterdir() if entry not in own)
+            if foreign:
+                raise ValueError(
+                    f"{location} holds files that are not the store's ({', '.join(foreign[:3])}): "
+                    "mode 'w' replaces the whole directory; move them out first"
+                )
+        new = location.with_name(f".{location.name}.new-{secrets.token_hex(6)}")
+        try:
+            with damage_reported(location, name):
+                cls(new, options, writable=True, create=True, durable=durable, name=name).close()
+            with taking_turns(cls.writer_lock(location) if replace and cls.exists(location) else None):
+                old = move_into_place(new, location, replace, durable)
+        except BaseException as error:
+            cls._discard(new)
+            if isinstance(error, OSError) and error.filename == str(new):  # name the place the user gave
+                raise type(error)(error.errno, error.strerror, str(location)) from error
+            raise
+        if not cls.capabilities.directory and cls.writer_lock(new) is not None:
+            cls.writer_lock(new).unlink(missing_ok=True)
+        if old is not None:
+            cls._discard(old)
+
+    @classmethod
+    def _discard(cls, hidden: Path) -> None:
+        """Delete a store at a hidden name that `install` chose: all of it, as far as the disk lets."""
+        if hidden.is_dir() and not hidden.is_symlink():
+            shutil.rmtree(hidden, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                cls.remove(hidden)
+
+    @classmethod
     def remove(cls, location: Path) -> None:
         """Delete the store at `location`, and nothing else."""
         for file in cls.files(location):
@@ -290,7 +333,7 @@ class Store(ABC):
         count = sum(len(b) for b in batches)
         label_array = as_labels(labels, count)
         if count:
-            with self._turns.writing(), taking_turns(self.writer_lock(self.location)):
+            with self._turns.writing(), taking_turns(self.writer_lock(self.location)), medium_reported():
                 self._refresh()
                 self._append(batches, label_array)
                 self._committed = self._last_commit()

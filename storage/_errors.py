@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +16,19 @@ class DamagedStoreError(ValueError):
 # KeyError for a broken object, say) is damage. Missing ids (KeyError) and bad arguments
 # (TypeError) are reported before a backend touches the store.
 INTENDED_ERRORS = (ValueError, FileNotFoundError, PermissionError, BlockingIOError, MemoryError)
+MEDIUM_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk is full, over quota, or read-only
+
+
+def medium_error(error: BaseException) -> OSError | None:
+    """The medium's own complaint (full, over quota, read-only) in an error, as an OSError with its errno.
+
+    Libraries wrap it: lmdb and h5py raise their own classes whose message holds the system's text."""
+    for code in MEDIUM_ERRORS:
+        if getattr(error, "errno", None) == code:
+            return error if isinstance(error, OSError) else OSError(code, str(error))
+        if os.strerror(code) in str(error):
+            return OSError(code, f"{os.strerror(code)} ({type(error).__name__}: {error})")
+    return None
 
 
 @contextmanager
@@ -24,6 +39,23 @@ def damage_reported(location: object, backend: str) -> Iterator[None]:
     except INTENDED_ERRORS:
         raise
     except Exception as error:
+        medium = medium_error(error)
+        if medium is error:
+            raise
+        if medium is not None:
+            raise medium from error
         raise DamagedStoreError(
             f"{location} is a damaged or incomplete {backend} store ({type(error).__name__}: {error})"
         ) from error
+
+
+@contextmanager
+def medium_reported() -> Iterator[None]:
+    """Let a full or read-only disk come out of a library as the OSError it is."""
+    try:
+        yield
+    except Exception as error:
+        medium = medium_error(error)
+        if medium is None or medium is error:
+            raise
+        raise medium from error

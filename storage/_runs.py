@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from storage._base import MAX_EXPANSION, Capabilities, Store
-from storage._durable import make_durable, staged_copy, staging_path
+from storage._durable import make_durable, staged_copy, staging_leftovers
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, gather_runs
 
@@ -35,7 +35,8 @@ class RunFileStore(Store):
 
     @classmethod
     def files(cls, location: Path) -> list[Path]:
-        return [location, *filter(Path.exists, [staging_path(location), cls.writer_lock(location)])]
+        lock = cls.writer_lock(location)
+        return [location, *staging_leftovers(location), *([lock] if lock.exists() else [])]
 
     # --- what a backend provides -------------------------------------------------
 

@@ -14,7 +14,9 @@ stored data is never unpickled.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import pickle
 import pickletools
 import struct
@@ -29,6 +31,7 @@ import numpy as np
 
 from storage import codecs
 from storage._base import Capabilities, FreeForThreads, Options, Store
+from storage._durable import NO_FOLLOW
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, is_consecutive, stack_or_list
 from storage.codecs import NUMERIC_KINDS
@@ -43,6 +46,7 @@ PICKLE_START = b"\x80\x05"  # a record that starts so is a pickle frame; other r
 KEY = struct.Struct(">cQ")  # b"i", id
 FORMAT_KEY, FORMAT = b"format", b"imagestore-lmdb-1"  # sorts before every id key
 MIB = 1 << 20
+LOCK_BYTES = 1 << 16  # more than LMDB's reader table needs (126 readers of 64 bytes and a header)
 
 
 @lru_cache(maxsize=64)
@@ -88,6 +92,7 @@ class LmdbStore(Store):
         _check_own(self.location)
         if not create:
             _check_length(self.location / "data.mdb")
+        _allocate_lock_file(self.location, create)
         self._env = _open_env(
             self.location,
             map_size=self.options.map_size,
@@ -174,6 +179,10 @@ class LmdbStore(Store):
                 break
             except lmdb.MapFullError:
                 self._env.set_mapsize(2 * self._env.info()["map_size"])
+            except lmdb.Error as error:
+                if "Input/output error" in str(error) and _disk_full(self.location):
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (LMDB: {error})") from error
+                raise
         self._length += len(labels)
 
     def _begin(self, **options: bool) -> lmdb.Transaction:
@@ -230,6 +239,30 @@ def _check_own(location: Path) -> None:
     for name in ("data.mdb", "lock.mdb"):
         if (location / name).is_symlink():
             raise DamagedStoreError(f"{location / name} is a symlink; a store's files are its own")
+
+
+def _disk_full(location: Path) -> bool:
+    """Whether the disk holding `location` is full: LMDB reports a write cut short by it as EIO."""
+    return hasattr(os, "statvfs") and os.statvfs(location).f_bavail == 0
+
+
+def _allocate_lock_file(location: Path, create: bool) -> None:
+    """Give lock.mdb its disk blocks before LMDB maps it. LMDB sizes the file with ftruncate and writes to the map:
+    on a full disk that kills the process with SIGBUS, where this raises ENOSPC. On read-only media nothing is
+    done, and LMDB reads without a lock file (no writer can be there)."""
+    if create:
+        location.mkdir(exist_ok=True)
+    try:
+        descriptor = os.open(location / "lock.mdb", os.O_RDWR | os.O_CREAT | NO_FOLLOW, 0o644)
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES):
+            return  # LMDB decides: a reader goes on without the lock file, a writer gets the error
+        raise
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(descriptor, 0, LOCK_BYTES)
+    finally:
+        os.close(descriptor)
 
 
 def _open_env(path: Path, **options: object) -> lmdb.Environment:

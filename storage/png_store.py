@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from storage._base import Capabilities, Options, Store
-from storage._durable import make_durable, read_own, replace_atomically, staging_path, write_new
+from storage._durable import make_durable, read_own, replace_atomically, staging_leftovers, write_new
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, stack_or_list
 from storage.codecs import Png
@@ -66,8 +66,8 @@ class PngStore(Store):
     @classmethod
     def files(cls, location: Path) -> list[Path]:
         images = [Path(entry.path) for entry in os.scandir(location) if IMAGE_NAME.fullmatch(entry.name)]
-        own = [location / INDEX, staging_path(location / INDEX), cls.writer_lock(location)]
-        return [*filter(Path.exists, own), *sorted(images)]
+        own = [location / INDEX, cls.writer_lock(location)]
+        return [*filter(Path.exists, own), *staging_leftovers(location / INDEX), *sorted(images)]
 
     def _commit_file(self) -> Path:
         return self.location / INDEX  # replaced atomically by every append
@@ -85,17 +85,26 @@ class PngStore(Store):
         records["one_channel_axis"] = np.repeat(one_channel, [len(batch) for batch in batches])
         written = []
         image_id = len(self._records)
-        for batch in batches:
-            for image in batch:
-                path = self._image_path(image_id)
-                write_new(path, self.codec.encode(image))
-                written.append(path)
-                image_id += 1
-        if self.durable:
-            make_durable(written, self.location)
-        records = np.concatenate([self._records, records])
-        replace_atomically(self.location / INDEX, MAGIC + records.tobytes(), self.durable)
+        try:
+            for batch in batches:
+                for image in batch:
+                    path = self._image_path(image_id)
+                    written.append(path)  # before writing: a write that fails midway leaves a file too
+                    write_new(path, self.codec.encode(image))
+                    image_id += 1
+            if self.durable:
+                make_durable(written, self.location)
+            records = np.concatenate([self._records, records])
+            replace_atomically(self.location / INDEX, MAGIC + records.tobytes(), self.durable)
+        except BaseException:
+            if self._committed_count() == len(self._records):  # not committed (a full disk, say): no orphans
+                for path in written:
+                    path.unlink(missing_ok=True)
+            raise
         self._records = records
+
+    def _committed_count(self) -> int:
+        return ((self.location / INDEX).stat().st_size - len(MAGIC)) // RECORD.itemsize
 
     def _decode(self, image_id: int) -> np.ndarray:
         array = self.codec.decode(read_own(self._image_path(image_id)))

@@ -44,8 +44,10 @@ png = benchmarks.contract.test_third_party:NpyDirectoryStore
 
 def save(path: Path, array: np.ndarray, durable: bool) -> None:
     """Write `array` as a .npy file, flushed to disk when `durable`."""
+    encoded = io.BytesIO()
+    np.save(encoded, array, allow_pickle=False)  # to a file, numpy reports a full disk without its errno
     with path.open("wb") as file:
-        np.save(file, array, allow_pickle=False)
+        file.write(encoded.getbuffer())
         if durable:
             os.fsync(file.fileno())
 
@@ -94,13 +96,25 @@ class NpyDirectoryStore(storage.Store):
 
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
         images = [image for batch in batches for image in batch]
-        for image_id, image in enumerate(images, len(self._labels)):
-            save(self.location / f"{image_id:09d}.npy", self._stored(image), self.durable)
-        self._commit(np.concatenate([self._labels, labels]))
+        written = []
+        try:
+            for image_id, image in enumerate(images, len(self._labels)):
+                written.append(self.location / f"{image_id:09d}.npy")
+                save(written[-1], self._stored(image), self.durable)
+            self._commit(np.concatenate([self._labels, labels]))
+        except BaseException:
+            if len(load(self.location / self.labels_file)) == len(self._labels):  # not committed: no orphans
+                for path in written:
+                    path.unlink(missing_ok=True)
+            raise
 
     def _commit(self, labels: np.ndarray) -> None:
         staging = self.location / "labels.tmp"
-        save(staging, labels, self.durable)
+        try:
+            save(staging, labels, self.durable)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
         os.replace(staging, self.location / self.labels_file)
         if self.durable:
             directory = os.open(self.location, os.O_RDONLY)

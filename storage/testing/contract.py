@@ -9,6 +9,7 @@ labels always exactly. Generic tests ask a store's capabilities and codec, never
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -31,7 +32,8 @@ from hypothesis import strategies as st
 
 import storage
 from storage import _durable, codecs
-from storage._durable import staging_path
+from storage._durable import STAGING
+from storage.testing import media
 from storage.testing.assertions import Tolerance, assert_images_match, assert_read_match, store_path
 from storage.testing.isolation import run_forked
 from storage.testing.strategies import REQUIRED, batches, image_shape, labelled, layouts, mixed_images, rejected_layouts
@@ -152,6 +154,7 @@ EQUAL_SIZE = (
     np.arange(8, dtype=np.float32).reshape(2, 4),
 )
 CRASH_BATCH, CRASH_APPENDS, CRASH_TRIALS = 20, 6, 6  # images per append, appends by the killed writer, kills
+CREATION_TRIALS = 16  # kills while creating or replacing a store, half of each
 READ_BATCH, READ_APPENDS, READERS = 20, 12, 2  # images per append, appends while readers read, reader processes
 WRITE_BATCH, WRITE_APPENDS = 20, 8  # images per append, appends by each of two writers at once
 
@@ -466,16 +469,18 @@ class StoreContract:
             assert_read_match(store, None, list(images), [1, 2, 3])
 
     def test_symlinks_planted_in_a_store_are_not_followed(self, name: str, tmp_path: Path) -> None:
-        """Each file of a store, and each one's staging name, in turn made a symlink to a file outside: reading and
-        appending either work on the store's own data or raise a documented error; the outside file is untouched."""
+        """Each file of a store, and a staging name of each (as a killed writer leaves it), in turn made a symlink to
+        a file outside: reading and appending either work on the store's own data or raise a documented error; the
+        outside file is untouched."""
         images = sample_images(name, count=3)
         template = tmp_path / "template"
         with storage.open(name, template, "x") as store:
             store.append(images[:2], [1, 2])
         victim = tmp_path / "victim"
+        files = storage.backend(name).files(template)
         planted_at = [
-            *(path.relative_to(template.parent) for path in storage.backend(name).files(template)),
-            *(staging_path(path).relative_to(template.parent) for path in storage.backend(name).files(template)),
+            *(path.relative_to(template.parent) for path in files),
+            *(path.with_name(path.name + STAGING + "0").relative_to(template.parent) for path in files),
         ]
         for planted in planted_at:
             victim.write_bytes(b"not yours" * 1000)
@@ -648,6 +653,72 @@ class StoreContract:
                 store.append(*numbered_batch(self.backend, appended + 1, CRASH_BATCH))
             with storage.open(self.backend, path) as store:
                 assert_read_match(store, None, *numbered_batches(self.backend, appended + 2, CRASH_BATCH))
+
+    @needs_fork
+    def test_a_killed_creation_leaves_the_old_store_or_a_new_one(self, tmp_path: Path) -> None:
+        """Creating (mode "x") and replacing (mode "w") killed at random moments: the path then holds nothing, the
+        old store whole or a new empty one, and mode "a" opens it."""
+        images = sample_images(self.backend)
+        seeded = random.Random(f"creation-{self.backend}")
+        for trial in range(CREATION_TRIALS):
+            path = tmp_path / f"store-{trial}"
+            replacing = trial % 2 == 1
+            if replacing:
+                with storage.open(self.backend, path, "x") as store:
+                    store.append(images, [1, 2])
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    storage.open(self.backend, path, "w" if replacing else "x").close()
+                finally:
+                    os._exit(0)
+            time.sleep(seeded.uniform(0, 0.01))
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            with storage.open(self.backend, path, "a") as store:
+                assert len(store) in ((0, 2) if replacing else (0,)), f"trial {trial}: {len(store)} images"
+                if len(store):
+                    assert_read_match(store, None, list(images), [1, 2])
+
+    def test_replace_mode_keeps_a_directory_that_holds_other_files(self, name: str, tmp_path: Path) -> None:
+        if not storage.backend(name).capabilities.directory:
+            pytest.skip("a single-file store: mode 'w' replaces just that file")
+        images = sample_images(name)
+        with storage.open(name, tmp_path / "store", "x") as store:
+            store.append(images, [1, 2])
+        (tmp_path / "store" / "notes.txt").write_text("mine")
+        with pytest.raises(ValueError, match=r"notes\.txt"):
+            storage.open(name, tmp_path / "store", "w")
+        assert (tmp_path / "store" / "notes.txt").read_text() == "mine"
+        with storage.open(name, tmp_path / "store") as store:
+            assert_read_match(store, None, list(images), [1, 2])
+
+    def test_a_full_disk_and_a_read_only_medium_lose_nothing(self, tmp_path: Path) -> None:
+        """On small filesystems of their own: appending until the disk is full, and creating a store on the full
+        disk, raise ENOSPC and leave the committed appends whole with no leftovers; read-only, the stores read
+        back the same, and appending or creating raises EROFS. Never a crash, never DamagedStoreError."""
+        reason = media.unavailable()
+        if reason:
+            pytest.skip(reason)
+        names = family_names(self.backend)
+        reports, run = media.run(names, tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        found = {(report["phase"], report["name"]): report for report in reports}
+        for name in names:
+            full, read_only = found["fill", name], found["read_back", name]
+            assert full["appends"] >= 1, f"{name}: not one append fitted"
+            for attempt, code in (
+                (full["append"], errno.ENOSPC),
+                (full["create"], errno.ENOSPC),
+                (read_only["append"], errno.EROFS),
+                (read_only["create"], errno.EROFS),
+            ):
+                assert (attempt["error"], attempt["errno"]) == ("OSError", code), f"{name}: {attempt}"
+            assert full["read"]["error"] is None, f"{name}: {full['read']['message']}"
+            assert full["count"] == full["appends"] * media.BATCH, name
+            assert full["strangers"] == [], f"{name} left files behind"
+            assert not full["new_exists"], f"{name}: a store that could not be created is there"
+            assert (read_only["count"], read_only["digest"]) == (full["count"], full["digest"]), name
 
     @needs_fork
     def test_two_writers_take_turns_and_lose_nothing(self, tmp_path: Path) -> None:
