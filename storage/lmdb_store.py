@@ -255,9 +255,9 @@ def _allocate_lock_file(location: Path, create: bool) -> None:
     try:
         descriptor = os.open(location / "lock.mdb", os.O_RDWR | os.O_CREAT | NO_FOLLOW, 0o644)
     except OSError as error:
-        if error.errno in (errno.EROFS, errno.EACCES):
+        if error.errno == errno.EROFS:
             return  # LMDB decides: a reader goes on without the lock file, a writer gets the error
-        raise
+        raise  # PermissionError where lock.mdb may not be written: LMDB's readers write to it
     try:
         if hasattr(os, "posix_fallocate"):
             os.posix_fallocate(descriptor, 0, LOCK_BYTES)
