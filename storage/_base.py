@@ -122,6 +122,7 @@ class Store(ABC):
         self.closed = False
         self.name = name or type(self).name  # a variant's name, or the backend's
         self._turns = self.thread_turns()  # threads sharing this object: reads together, an append alone
+        self._swept = False  # whether this object's first append has deleted what killed writers left
         before = None if create else self._last_commit()  # taken first: a commit while opening is caught up later
         self._start(create)
         self._committed = self._last_commit() if create else before
@@ -252,6 +253,11 @@ class Store(ABC):
             return None
         return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
+    def _sweep(self) -> None:
+        """Delete what writers killed midway left behind (staging copies). Called in turn, at an object's first
+        append: a writer holding the lock knows that no other writer is using them."""
+        return  # a backend whose library commits in place leaves nothing to sweep
+
     def _refresh(self) -> None:
         """Catch up with appends that other writers committed since this store last looked (called in turn)."""
         latest = self._last_commit()
@@ -334,6 +340,9 @@ class Store(ABC):
         label_array = as_labels(labels, count)
         if count:
             with self._turns.writing(), taking_turns(self.writer_lock(self.location)), medium_reported():
+                if not self._swept:
+                    self._sweep()
+                    self._swept = True
                 self._refresh()
                 self._append(batches, label_array)
                 self._committed = self._last_commit()

@@ -42,7 +42,6 @@ def remove_leftovers(path: Path) -> None:
 
 def replace_atomically(path: Path, data: bytes, durable: bool) -> None:
     """Give `path` the content `data` so that a crash or a reader sees the old or the new file, never a mix."""
-    remove_leftovers(path)
     staging = staging_path(path)
     try:
         write_new(staging, data)
@@ -81,7 +80,6 @@ def staged_copy(path: Path, durable: bool) -> Iterator[Path]:
 
     Readers that have `path` open keep reading the old version; a crash leaves the old version.
     """
-    remove_leftovers(path)
     staging = staging_path(path)
     try:
         shutil.copyfile(path, staging)  # a new random name: nothing planted there

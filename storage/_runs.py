@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from storage._base import MAX_EXPANSION, Capabilities, Store
-from storage._durable import make_durable, staged_copy, staging_leftovers
+from storage._durable import make_durable, remove_leftovers, staged_copy, staging_leftovers
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, gather_runs
 
@@ -37,6 +37,9 @@ class RunFileStore(Store):
     def files(cls, location: Path) -> list[Path]:
         lock = cls.writer_lock(location)
         return [location, *staging_leftovers(location), *([lock] if lock.exists() else [])]
+
+    def _sweep(self) -> None:
+        remove_leftovers(self.location)
 
     # --- what a backend provides -------------------------------------------------
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from storage._base import Capabilities, Options, Store
-from storage._durable import make_durable, read_own, replace_atomically, staging_leftovers, write_new
+from storage._durable import make_durable, read_own, remove_leftovers, replace_atomically, staging_leftovers, write_new
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, stack_or_list
 from storage.codecs import Png
@@ -68,6 +68,9 @@ class PngStore(Store):
         images = [Path(entry.path) for entry in os.scandir(location) if IMAGE_NAME.fullmatch(entry.name)]
         own = [location / INDEX, cls.writer_lock(location)]
         return [*filter(Path.exists, own), *staging_leftovers(location / INDEX), *sorted(images)]
+
+    def _sweep(self) -> None:
+        remove_leftovers(self.location / INDEX)
 
     def _commit_file(self) -> Path:
         return self.location / INDEX  # replaced atomically by every append
