@@ -17,7 +17,7 @@ from typing import ClassVar, Union
 import numpy as np
 
 from storage._durable import move_into_place, taking_turns
-from storage._errors import damage_reported, medium_reported
+from storage._errors import damage_reported
 from storage._reading import Batch
 from storage.codecs import RAW, Codec
 
@@ -87,19 +87,6 @@ class ReadersOrWriter:
                 self._writers -= 1
                 self._writing = False
                 self._changed.notify_all()
-
-
-class FreeForThreads:
-    """For a store whose library lets threads read while another appends (LMDB transactions): no turns to take."""
-
-    def start_reading(self) -> None:
-        pass
-
-    def stop_reading(self) -> None:
-        pass
-
-    def writing(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
 
 
 class Store(ABC):
@@ -339,7 +326,11 @@ class Store(ABC):
         count = sum(len(b) for b in batches)
         label_array = as_labels(labels, count)
         if count:
-            with self._turns.writing(), taking_turns(self.writer_lock(self.location)), medium_reported():
+            with (
+                self._turns.writing(),
+                taking_turns(self.writer_lock(self.location)),
+                damage_reported(self.location, self.name),
+            ):
                 if not self._swept:
                     self._sweep()
                     self._swept = True

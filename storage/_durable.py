@@ -9,6 +9,7 @@ import glob
 import os
 import secrets
 import shutil
+import stat
 import sys
 
 try:
@@ -65,12 +66,14 @@ def write_new(path: Path, data: bytes) -> None:
 def read_own(path: Path) -> bytes:
     """The bytes of a file of a store; DamagedStoreError if it is a symlink, which could lead out of the store."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | NO_FOLLOW)
+        descriptor = os.open(path, os.O_RDONLY | NO_FOLLOW | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise DamagedStoreError(f"{path} is a symlink; a store's files are its own") from None
         raise
     with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # a FIFO or device would be read forever
+            raise DamagedStoreError(f"{path} is not a regular file")
         return file.read()
 
 

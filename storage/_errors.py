@@ -47,15 +47,3 @@ def damage_reported(location: object, backend: str) -> Iterator[None]:
         raise DamagedStoreError(
             f"{location} is a damaged or incomplete {backend} store ({type(error).__name__}: {error})"
         ) from error
-
-
-@contextmanager
-def medium_reported() -> Iterator[None]:
-    """Let a full or read-only disk come out of a library as the OSError it is."""
-    try:
-        yield
-    except Exception as error:
-        medium = medium_error(error)
-        if medium is None or medium is error:
-            raise
-        raise medium from error

@@ -85,7 +85,12 @@ class Hdf5Store(RunFileStore):
             _encoded_layout(run, codec) if codec else (run.shape[1:], run.dtype)
             for run, codec in zip(self._runs, self._codecs)
         ]
-        labels = [dataset[()] for dataset in _own_datasets(self._file, "labels")]
+        label_sets = _own_datasets(self._file, "labels")
+        if any(labels.dtype.kind != "i" or labels.dtype.itemsize != 8 or labels.ndim != 1 for labels in label_sets):
+            raise DamagedStoreError(f"{self.location} holds labels that are not one int64 per image")
+        if sum(labels.nbytes for labels in label_sets) > self.location.stat().st_size:  # before they are read
+            raise DamagedStoreError(f"{self.location} lists more labels than it can hold")
+        labels = [dataset[()].astype(np.int64, copy=False) for dataset in label_sets]
         offsets = [run.id.get_offset() or 0 for run in self._runs]  # where each run's pixels start in the file
         self._found_runs(layouts, [len(run) for run in self._runs], labels, offsets)
 

@@ -30,7 +30,7 @@ import lmdb
 import numpy as np
 
 from storage import codecs
-from storage._base import Capabilities, FreeForThreads, Options, Store
+from storage._base import Capabilities, Options, Store
 from storage._durable import NO_FOLLOW
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, is_consecutive, stack_or_list
@@ -46,6 +46,7 @@ PICKLE_START = b"\x80\x05"  # a record that starts so is a pickle frame; other r
 KEY = struct.Struct(">cQ")  # b"i", id
 FORMAT_KEY, FORMAT = b"format", b"imagestore-lmdb-1"  # sorts before every id key
 MIB = 1 << 20
+MIN_MAP_SIZE = 1 << 16  # LMDB needs a few pages to create a store; a smaller map_size starts from this
 LOCK_BYTES = 1 << 16  # more than LMDB's reader table needs (126 readers of 64 bytes and a header)
 
 
@@ -84,7 +85,6 @@ class LmdbOptions(Options):
 class LmdbStore(Store):
     name = "lmdb"
     capabilities = Capabilities(directory=True, durability="library", lock_files=("lock.mdb",))
-    thread_turns = FreeForThreads  # every read is its own LMDB read transaction
     Options = LmdbOptions
 
     def _start(self, create: bool) -> None:
@@ -95,7 +95,7 @@ class LmdbStore(Store):
         _allocate_lock_file(self.location, create)
         self._env = _open_env(
             self.location,
-            map_size=self.options.map_size,
+            map_size=max(self.options.map_size, MIN_MAP_SIZE),
             readonly=not self.writable,
             create=create,
             meminit=False,
@@ -125,6 +125,8 @@ class LmdbStore(Store):
         try:
             with env.begin() as txn:
                 return txn.get(FORMAT_KEY) == FORMAT
+        except lmdb.Error:  # damaged where the format key should be
+            return False
         finally:
             env.close()
 
@@ -171,7 +173,8 @@ class LmdbStore(Store):
         self._reserve(batches)
         while True:
             try:
-                with self._env.begin(write=True) as txn:  # commits (with fsync) or aborts as one
+                txn = self._begin(write=True)  # adopts a map that another process grew
+                with txn:  # commits (with fsync) or aborts as one
                     self._length = txn.stat()["entries"] - 1  # another writer may have appended since
                     _, added = txn.cursor().putmulti(self._records(batches, labels), append=True)
                     if added != len(labels):
@@ -186,15 +189,29 @@ class LmdbStore(Store):
         self._length += len(labels)
 
     def _begin(self, **options: bool) -> lmdb.Transaction:
-        """A read transaction, after adopting a map that another process has grown."""
+        """A transaction, after adopting a map that another process has grown; only where no other thread of
+        this process can hold a transaction (opening, or an append's turn): LMDB resizes a map only then."""
         try:
             return self._env.begin(**options)
         except lmdb.MapResizedError:
             self._env.set_mapsize(0)
             return self._env.begin(**options)
 
+    def _read_transaction(self) -> lmdb.Transaction:
+        """A read transaction; to adopt a map that another process grew, a reading thread waits for a turn alone."""
+        while True:
+            try:
+                return self._env.begin(buffers=True)
+            except lmdb.MapResizedError:
+                self._turns.stop_reading()
+                try:
+                    with self._turns.writing():
+                        self._env.set_mapsize(0)
+                finally:
+                    self._turns.start_reading()
+
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        with self._begin(buffers=True) as txn:  # values are views of the map, valid in the transaction
+        with self._read_transaction() as txn:  # values are views of the map, valid in the transaction
             return _decode_uniform(_values(txn, ids), len(ids)) or _decode_each(list(_values(txn, ids)))
 
     def _close(self) -> None:
@@ -234,11 +251,13 @@ def _check_length(data_file: Path) -> None:
 
 
 def _check_own(location: Path) -> None:
-    """DamagedStoreError if LMDB's files are symlinks: LMDB would read and write through them (lock.mdb even when
-    read-only)."""
+    """DamagedStoreError if LMDB's files are symlinks, which LMDB would read and write through (lock.mdb even when
+    read-only), or FIFOs or devices, which it would wait on or read without end."""
     for name in ("data.mdb", "lock.mdb"):
         if (location / name).is_symlink():
             raise DamagedStoreError(f"{location / name} is a symlink; a store's files are its own")
+        if (location / name).exists() and not (location / name).is_file():
+            raise DamagedStoreError(f"{location / name} is not a regular file")
 
 
 def _disk_full(location: Path) -> bool:

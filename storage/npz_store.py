@@ -124,6 +124,8 @@ class NpzStore(RunFileStore):
             if signature != b"PK\x03\x04":
                 raise DamagedStoreError(f"{self.location}: member {info.filename} has no local header")
             start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
+            if start + info.file_size > self.location.stat().st_size:  # checked before anything of that size is made
+                raise DamagedStoreError(f"{self.location}: member {info.filename} runs past the end of the file")
             self._file.seek(start)
             dtype, shape, header_bytes = self._npy_header(info, self._file)
             return Member(dtype, shape, start + header_bytes, info, header_bytes)

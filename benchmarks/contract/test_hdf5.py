@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import storage
-from storage.testing import StoreContract
+from storage.testing import HEADROOM, StoreContract, open_and_read, run_forked
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
 SMOOTH = np.broadcast_to(np.arange(64, dtype=np.uint8)[:, None, None], (12, 64, 64, 3)).copy()
@@ -82,3 +82,26 @@ def test_data_outside_the_store_is_refused_as_damage(way, tmp_path):
         file["labels"].create_dataset("00000001", data=np.array([3, 4]))
     with pytest.raises(storage.DamagedStoreError, match=r"(outside|not part of) the store"):
         storage.open("hdf5", tmp_path / "store.h5").read()
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([1.5, 2.5]), "not one int64 per image"),
+        (np.array([b"1", b"2"]), "not one int64 per image"),
+        (None, "more labels than it can hold"),  # 2**31 declared, none written: 16 GiB if read
+    ],
+    ids=["float", "bytes", "huge"],
+)
+def test_labels_that_are_not_int64_or_not_there_are_damage(labels, message, tmp_path):
+    with storage.open("hdf5", tmp_path / "store.h5", "x") as store:
+        store.append(IMAGES[:2], [1, 2])
+    with h5py.File(tmp_path / "store.h5", "r+") as file:
+        del file["labels/00000000"]
+        if labels is None:
+            file["labels"].create_dataset("00000000", shape=(2**31,), dtype="<i8")
+        else:
+            file["labels"].create_dataset("00000000", data=labels)
+    outcome = run_forked(lambda: open_and_read("hdf5", tmp_path / "store.h5"), headroom=HEADROOM)
+    assert outcome.error == "DamagedStoreError", outcome.describe()
+    assert message in outcome.message

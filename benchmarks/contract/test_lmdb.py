@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pickle
 import pickletools
+import subprocess
+import sys
+import threading
 
 import lmdb
 import numpy as np
@@ -42,6 +45,66 @@ def test_map_grows_from_a_tiny_initial_map(tmp_path):
             store.append(big[start : start + 30], range(start, start + 30))
     with storage.open("lmdb", tmp_path / "store", map_size=64 * 1024) as store:
         assert_read_match(store, None, list(big) * 2, [*range(300), *range(300)])
+
+
+@pytest.mark.parametrize("map_size", [1, 4096])
+def test_a_map_too_small_to_create_a_store_in_starts_larger(map_size, tmp_path):
+    with storage.open("lmdb", tmp_path / "store", "x", map_size=map_size) as store:
+        store.append(IMAGES, LABELS)
+        assert_read_match(store, None, list(IMAGES), LABELS)
+
+
+@pytest.mark.parametrize("name", ["lmdb", "lmdb-png"])
+def test_threads_keep_reading_while_an_append_grows_the_map(name, tmp_path):
+    """LMDB may resize a map only while no transaction of the process is open: reading threads must not be
+    caught by an append that grows it (they got false DamagedStoreErrors, and segfaults with PNG records)."""
+    failures = []
+    done = threading.Event()
+    with storage.open(name, tmp_path / "store", "x", durable=False, map_size=64 * 1024) as store:
+        store.append(np.zeros((1, 64, 64, 3), np.uint8), [0])
+
+        def read_until_done() -> None:
+            try:
+                while not done.is_set():
+                    images, labels = store.read(None)
+                    failures.extend(label for image, label in zip(images, labels) if image.max() != label)
+            except Exception as error:  # reported below, in the test's thread
+                failures.append(error)
+
+        readers = [threading.Thread(target=read_until_done) for _ in range(3)]
+        for reader in readers:
+            reader.start()
+        for value in range(1, 25):
+            store.append(np.full((20, 64, 64, 3), value, np.uint8), [value] * 20)
+        done.set()
+        for reader in readers:
+            reader.join()
+    assert failures == []
+
+
+def test_an_append_adopts_a_map_that_another_process_grew(tmp_path):
+    with storage.open("lmdb", tmp_path / "store", "x", map_size=64 * 1024) as store:
+        store.append(IMAGES[:1], LABELS[:1])
+        grow = (
+            "import numpy as np, storage, sys\n"
+            "with storage.open('lmdb', sys.argv[1], 'a') as other:\n"
+            "    other.append(np.zeros((200, 64, 64, 3), np.uint8), range(200))\n"
+        )
+        subprocess.run([sys.executable, "-c", grow, str(tmp_path / "store")], check=True)
+        store.append(IMAGES[1:2], LABELS[1:2])  # raised lmdb.MapResizedError
+        assert len(store) == 202
+
+
+def test_appending_to_a_damaged_store_is_damage(tmp_path):
+    with storage.open("lmdb", tmp_path / "store", "x") as store:
+        store.append(IMAGES, LABELS)
+    data = tmp_path / "store" / "data.mdb"
+    content = bytearray(data.read_bytes())
+    half = len(content) // 2
+    content[half:] = np.random.default_rng(5).integers(0, 256, len(content) - half, dtype=np.uint8).tobytes()
+    data.write_bytes(bytes(content))
+    outcome = run_forked(lambda: storage.open("lmdb", tmp_path / "store", "a").append(IMAGES[:1], [0]))
+    assert outcome.error in ("DamagedStoreError", "ValueError", None), outcome.describe()  # not lmdb's own
 
 
 @pytest.mark.parametrize(

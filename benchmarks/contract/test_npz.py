@@ -3,12 +3,16 @@ its options, and a forged .npy header."""
 
 from __future__ import annotations
 
+import io
+import struct
 import zipfile
 
 import numpy as np
 import pytest
+from numpy.lib import format as npy
 
 import storage
+from storage.npz_store import COMMENT
 from storage.testing import HEADROOM, StoreContract, open_and_read, run_forked
 
 IMAGES = [np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3), np.arange(6, dtype="<u2").reshape(1, 2, 3)]
@@ -66,3 +70,29 @@ def test_header_claiming_a_larger_array_is_rejected(tmp_path):
     outcome = run_forked(lambda: open_and_read("npz", tmp_path / "store.npz"), headroom=HEADROOM)
     assert outcome.error == "DamagedStoreError", outcome.describe()
     assert "not what its header says" in outcome.message
+
+
+def test_a_member_that_runs_past_the_end_of_the_file_is_damage(tmp_path):
+    """Members whose central-directory sizes and .npy headers agree on 10**8 images, in a file of a few hundred
+    bytes: refused before the labels (800 MB) are allocated."""
+    count = 10**8
+    claims = {"images": ((count, 1, 1, 1), "|u1", count), "labels": ((count,), "<i8", 8 * count)}
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(forged, "w") as archive:
+        archive.comment = COMMENT
+        for kind, (shape, descr, _) in claims.items():
+            header = io.BytesIO()
+            npy.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+            archive.writestr(zipfile.ZipInfo(f"{kind}_00000000.npy"), header.getvalue())
+    raw = bytearray(forged.read_bytes())
+    entry = raw.find(b"PK\x01\x02")
+    while entry != -1:  # each central directory entry: its sizes now include the pixels its header claims
+        (name_length,) = struct.unpack_from("<H", raw, entry + 28)
+        kind = bytes(raw[entry + 46 : entry + 46 + name_length]).decode().split("_")[0]
+        size = struct.unpack_from("<I", raw, entry + 24)[0] + claims[kind][2]
+        struct.pack_into("<II", raw, entry + 20, size, size)
+        entry = raw.find(b"PK\x01\x02", entry + 46)
+    forged.write_bytes(bytes(raw))
+    outcome = run_forked(lambda: open_and_read("npz", forged), headroom=HEADROOM)
+    assert outcome.error == "DamagedStoreError", outcome.describe()
+    assert "past the end of the file" in outcome.message

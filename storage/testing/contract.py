@@ -10,6 +10,7 @@ labels always exactly. Generic tests ask a store's capabilities and codec, never
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import math
 import os
@@ -440,6 +441,24 @@ class StoreContract:
         outcome = run_forked(opened, timeout=10)
         assert outcome.result == ("FileExistsError" if mode == "x" else "ValueError"), outcome.describe()
         assert run_forked(lambda: storage.detect(tmp_path / "fifo"), timeout=10).result is None
+
+    @needs_fork
+    def test_a_fifo_in_place_of_a_file_of_the_store_is_refused_without_waiting(self, tmp_path: Path) -> None:
+        """Each file of a directory store in turn replaced by a FIFO: opening and reading end at once, in success or
+        a documented error (the store's own path is the test above)."""
+        template = tmp_path / "template"
+        with storage.open(self.backend, template, "x") as store:
+            store.append(sample_images(self.backend), [1, 2])
+        if not template.is_dir():
+            pytest.skip("a single-file store: its path is the only file, checked by the test above")
+        for file in storage.backend(self.backend).files(template):
+            copy = tmp_path / "copy"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(template, copy)
+            (copy / file.name).unlink()
+            os.mkfifo(copy / file.name)
+            outcome = run_forked(functools.partial(open_and_read, self.backend, copy), timeout=10)
+            assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{file.name}: {outcome.describe()}"
 
     def test_a_store_stays_where_it_was_opened(self, name: str, tmp_path: Path, monkeypatch) -> None:
         """Opened by a relative path, it keeps reading and appending there after the working directory moves."""
