@@ -54,6 +54,8 @@ def save(path: Path, array: np.ndarray, durable: bool) -> None:
 
 def load(path: Path) -> np.ndarray:
     """The array in a .npy file, whose header is checked against the file's size before anything is made."""
+    if path.exists() and not path.is_file():  # a FIFO would block the read, a device never end it
+        raise storage.DamagedStoreError(f"{path} is not a regular file")
     data = path.read_bytes()
     stream = io.BytesIO(data)
     npy.read_magic(stream)

@@ -458,6 +458,8 @@ class StoreContract:
             (copy / file.name).unlink()
             os.mkfifo(copy / file.name)
             outcome = run_forked(functools.partial(open_and_read, self.backend, copy), timeout=10)
+            assert not outcome.timed_out, f"{file.name}: {outcome.describe()}"
+            assert outcome.signal is None, f"{file.name}: {outcome.describe()}"
             assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{file.name}: {outcome.describe()}"
 
     def test_a_store_stays_where_it_was_opened(self, name: str, tmp_path: Path, monkeypatch) -> None:
