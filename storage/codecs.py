@@ -20,6 +20,7 @@ from storage._errors import DamagedStoreError
 
 Data = Union[bytes, memoryview, np.ndarray]
 NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex: fixed-size numbers
+MAX_SIDE = 2**31 - 1  # PNG's limit, and beyond what any store here records (lmdb: uint32 sides)
 
 
 class Codec(ABC):
@@ -52,7 +53,7 @@ class Raw(Codec):
     holds: ClassVar[str] = "2-D or 3-D (H, W, C) images of any fixed-size numeric dtype"
 
     def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-        return dtype.kind in NUMERIC_KINDS and len(shape) in (2, 3)
+        return dtype.kind in NUMERIC_KINDS and len(shape) in (2, 3) and max(shape) <= MAX_SIDE
 
     def encode(self, image: np.ndarray) -> bytes:
         return image.tobytes()
@@ -78,7 +79,7 @@ class Png(Codec):
             raise ValueError(f"compress_level must be an int from 0 to 9, got {self.level!r}")
 
     def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-        if dtype.kind != "u":
+        if dtype.kind != "u" or max(shape, default=0) > MAX_SIDE:
             return False
         if dtype.itemsize == 1:
             return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))

@@ -337,6 +337,12 @@ class StoreContract:
             assert len(store) == 0
             assert snapshot(store) == before
 
+    def test_sides_beyond_any_format_are_not_accepted(self, store) -> None:
+        dtype, channels = sample_layout(store.name)
+        for side in (2**31, 2**32):
+            for shape in ((side, 1), (1, side)):
+                assert not store.accepts(dtype, shape + ((channels,) if channels else ()))
+
     def test_empty_append_is_a_no_op(self, store) -> None:
         good, _ = store.read()
         before = snapshot(store)
