@@ -13,7 +13,8 @@ than its base median and a one-sided Mann-Whitney U test on the per-round median
 Bonferroni's correction for the number of benchmarks judged, gives p < `alpha`: the chance
 that an unchanged tree fails anywhere in the table stays below `alpha`. It also regressed when
 its disk bytes per image grew by more than `disk-tolerance` percent, or when its peak memory
-grew by more than `memory-tolerance` percent with every head round above every base round.
+grew by more than `memory-tolerance` percent with every head round above every base round by
+more than `MEMORY_FLOOR` bytes.
 Each round is reported on stderr as it finishes.
 Exit status: 0 no regression, 1 regression, 2 the comparison could not run.
 """
@@ -41,6 +42,9 @@ DEFAULT_SUBSET = [
     "--benchmark-max-time=0.2",
     "--benchmark-min-rounds=3",
 ]
+
+
+MEMORY_FLOOR = 64 * 1024  # less growth of peak memory than this is never flagged: a few Python objects
 
 
 @dataclass
@@ -235,7 +239,7 @@ def judge(name: str, base: Samples, head: Samples, options: argparse.Namespace, 
     memory_growth = None
     if len(base.memory) == len(base.medians) and len(head.memory) == len(head.medians):
         memory_growth = statistics.median(head.memory) / max(statistics.median(base.memory), 1) - 1
-        grew = min(head.memory) > max(base.memory)
+        grew = min(head.memory) > max(base.memory) + MEMORY_FLOOR
         if memory_growth > options.memory_tolerance / 100 and grew:
             verdicts.append("REGRESSED: more memory")
     return Row(
@@ -283,7 +287,7 @@ def table(rows: list[Row], options: argparse.Namespace) -> str:
     lines.append(
         f"{options.rounds} rounds a side; flagged when slower by > {options.threshold:g}% with p < {options.alpha:g} "
         f"(p corrected for {judged} benchmarks), > {options.disk_tolerance:g}% more disk per image, or > "
-        f"{options.memory_tolerance:g}% more peak memory in every round. "
+        f"{options.memory_tolerance:g}% (and 64 KiB) more peak memory in every round. "
         + (f"{regressed} regressed." if regressed else "No regression.")
     )
     return "\n".join(lines)

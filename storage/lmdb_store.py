@@ -47,7 +47,7 @@ KEY = struct.Struct(">cQ")  # b"i", id
 FORMAT_KEY, FORMAT = b"format", b"imagestore-lmdb-1"  # sorts before every id key
 MIB = 1 << 20
 MIN_MAP_SIZE = 1 << 16  # LMDB needs a few pages to create a store; a smaller map_size starts from this
-LOCK_BYTES = 1 << 16  # more than LMDB's reader table needs (126 readers of 64 bytes and a header)
+LOCK_BYTES = 125 * 64 + 192  # LMDB's lock file for its default 126 readers: 64-byte slots after the first, a header
 
 
 @lru_cache(maxsize=64)

@@ -93,12 +93,15 @@ def test_judge_flags_disk_growth_beyond_tolerance():
 
 def test_judge_flags_peak_memory_growth_in_every_round():
     times = [1e-3, 1.01e-3, 0.99e-3, 1.02e-3, 0.98e-3]
-    base = Samples(times, memory=[1000.0, 1010.0, 990.0, 1000.0, 1005.0])
-    grown = judge("test_x", base, Samples(times, memory=[1100.0, 1090.0, 1120.0, 1100.0, 1095.0]), DEFAULTS)
+    megabytes = [1.0, 1.01, 0.99, 1.0, 1.005]
+    base = Samples(times, memory=[m * 1e6 for m in megabytes])
+    grown = judge("test_x", base, Samples(times, memory=[m * 1.1e6 for m in megabytes]), DEFAULTS)
     assert grown.verdict == "REGRESSED: more memory"
-    overlapping = judge("test_x", base, Samples(times, memory=[1100.0, 1000.0, 1120.0, 1100.0, 1095.0]), DEFAULTS)
-    assert overlapping.verdict == ""
-    unmeasured = judge("test_x", Samples(times), Samples(times, memory=[2000.0] * 5), DEFAULTS)
+    overlapping = [1.1e6, 1.0e6, 1.12e6, 1.1e6, 1.095e6]
+    assert judge("test_x", base, Samples(times, memory=overlapping), DEFAULTS).verdict == ""
+    small = Samples(times, memory=[m * 30e3 for m in megabytes])  # +10% of 30 kB: a few Python objects
+    assert judge("test_x", small, Samples(times, memory=[m * 33e3 for m in megabytes]), DEFAULTS).verdict == ""
+    unmeasured = judge("test_x", Samples(times), Samples(times, memory=[2e6] * 5), DEFAULTS)
     assert unmeasured.memory_growth is None
 
 
