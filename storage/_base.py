@@ -16,7 +16,7 @@ from typing import ClassVar, Union
 
 import numpy as np
 
-from storage._durable import move_into_place, taking_turns
+from storage._durable import fsync_path, move_into_place, taking_turns
 from storage._errors import damage_reported
 from storage._reading import Batch
 from storage.codecs import RAW, Codec
@@ -174,8 +174,13 @@ class Store(ABC):
                 )
         new = location.with_name(f".{location.name}.new-{secrets.token_hex(6)}")
         try:
-            with damage_reported(location, name):
-                cls(new, options, writable=True, create=True, durable=durable, name=name).close()
+            with damage_reported(location, name):  # unflushed: one flush below, of exactly what is needed
+                cls(new, options, writable=True, create=True, durable=False, name=name).close()
+            if durable:  # the store's own files, not its lock files; the directory entry after the move
+                locks = {cls.writer_lock(new), *(new / name for name in cls.capabilities.lock_files)}
+                for file in [*cls.files(new), *([new] if cls.capabilities.directory else [])]:
+                    if file not in locks:
+                        fsync_path(file)
             with taking_turns(cls.writer_lock(location) if replace and cls.exists(location) else None):
                 old = move_into_place(new, location, replace, durable)
         except BaseException as error:

@@ -265,12 +265,22 @@ def _disk_full(location: Path) -> bool:
     return hasattr(os, "statvfs") and os.statvfs(location).f_bavail == 0
 
 
+def _allocated(lock: Path) -> bool:
+    try:
+        found = os.stat(lock, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return found.st_size >= LOCK_BYTES and getattr(found, "st_blocks", 0) * 512 >= LOCK_BYTES
+
+
 def _allocate_lock_file(location: Path, create: bool) -> None:
     """Give lock.mdb its disk blocks before LMDB maps it. LMDB sizes the file with ftruncate and writes to the map:
     on a full disk that kills the process with SIGBUS, where this raises ENOSPC. On read-only media nothing is
     done, and LMDB reads without a lock file (no writer can be there)."""
     if create:
         location.mkdir(exist_ok=True)
+    elif _allocated(location / "lock.mdb"):
+        return  # what stores of this module always have: nothing to do, one stat spent
     try:
         descriptor = os.open(location / "lock.mdb", os.O_RDWR | os.O_CREAT | NO_FOLLOW, 0o644)
     except OSError as error:
