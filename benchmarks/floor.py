@@ -1,20 +1,28 @@
-"""The floor: the same pixel bytes through one plain file, the cost no format can beat on this machine.
+"""The floors: what no format can beat on this machine.
 
-Every store-many, read-many and growth table has a `limit` row made by this object. It opens
-like a store (``FLOOR.open(path, mode, durable=...)``) and its handle appends and reads like
-one, so an experiment times it with the same code as every backend: an append writes the
-pixel bytes (no labels) and fsyncs when durable; a read takes the whole file into a fresh
-buffer placed for a fast copy, as the backends' reads are, and returns it with no labels.
+`FLOOR`, the `limit` row of every store-many, read-many and growth table: the same pixel bytes
+through one plain file. It opens like a store (``FLOOR.open(path, mode, durable=...)``) and its
+handle appends and reads like one, so an experiment times it with the same code as every
+backend: an append writes the pixel bytes (no labels) and fsyncs when durable; a read takes
+the whole file into a fresh buffer placed for a fast copy, as the backends' reads are, and
+returns it with no labels.
+
+`CodecFloor(codec)`, the `limit-<codec>` rows of store-many and read-many tables that hold a
+backend writing encoded images: the codec alone, no container and no files. Its append encodes
+each image into memory; its read decodes the bytes held in memory into one array, as the
+backends' reads do. A backend's ratio to it is what its container and code add to its codec.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import numpy as np
 
-from storage._reading import read_buffer
+from storage._reading import read_buffer, stack_or_list
+from storage.codecs import Codec
 
 FILE_FLAGS = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_APPEND, "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL}
 
@@ -66,10 +74,13 @@ class PlainFile:
         self.close()
 
 
+FLOOR_NAME = "limit"
+
+
 class Floor:
     """Opens plain files of pixel bytes; named `limit` in every table."""
 
-    name = "limit"
+    name = FLOOR_NAME
 
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> PlainFile:
         return PlainFile(path, mode, durable)
@@ -79,3 +90,52 @@ class Floor:
 
 
 FLOOR = Floor()
+
+
+class EncodedImages:
+    """The images of a codec floor at one path, held in memory: appended by encoding, read by decoding."""
+
+    def __init__(self, floor: CodecFloor, path: Path, mode: str) -> None:
+        if mode == "x":
+            floor.held[path] = ([], [], [])
+        elif path not in floor.held:
+            raise FileNotFoundError(errno.ENOENT, f"no {floor.name} images", str(path))
+        self.codec = floor.codec
+        self.encoded, self.layouts, self.labels = floor.held[path]
+
+    def append(self, images: np.ndarray | list, labels: object) -> None:
+        """Encode every image into memory."""
+        encode = self.codec.encode
+        self.encoded.extend(encode(image) for image in images)
+        self.layouts.extend((image.shape, image.dtype) for image in images)
+        self.labels.extend(np.asarray(labels).tolist())
+
+    def read(self) -> tuple[np.ndarray | list, np.ndarray]:
+        """Decode every image into one array (a list when their layouts differ), and the labels."""
+        decode = self.codec.decode
+        decoded = (decode(data, shape, dtype) for data, (shape, dtype) in zip(self.encoded, self.layouts))
+        return stack_or_list(decoded, len(self.encoded)), np.array(self.labels, np.int64)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> EncodedImages:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class CodecFloor:
+    """Encodes and decodes with one codec and its settings, in memory; named `limit-<codec label>`."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.name = f"{FLOOR_NAME}-{codec.label}"
+        self.held: dict[Path, tuple[list, list, list]] = {}  # per path: encoded images, their layouts, labels
+
+    def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> EncodedImages:
+        return EncodedImages(self, path, mode)
+
+    def files(self, path: Path) -> list[Path]:
+        return []  # nothing on disk

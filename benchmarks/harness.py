@@ -1,7 +1,7 @@
 """What the experiments share: store and read the way a round is timed, check what came back, record what it cost.
 
-A subject is a backend (``storage.backend(name)``) or the floor (``benchmarks.floor.FLOOR``):
-both open a location like a store, so no experiment asks which one it holds.
+A subject is a backend (``storage.backend(name)``), the floor (``benchmarks.floor.FLOOR``) or a codec
+floor: all open a location like a store, so no experiment asks which one it holds.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Callable, Union
 
 import numpy as np
 
-from benchmarks.floor import Floor, pixel_bytes
+from benchmarks.floor import CodecFloor, Floor, pixel_bytes
 from storage import Backend
 from storage._base import allocated_bytes
 from storage.testing import assert_images_match
 
-Subject = Union[Backend, Floor]
+Subject = Union[Backend, Floor, CodecFloor]
 Source = tuple[Union[np.ndarray, list], np.ndarray]
 RANDOM_READS = 1000  # ids per round of the random-access benchmarks (fewer when a store holds fewer)
 
@@ -90,7 +90,8 @@ def measure_store(benchmark, run_rounds, experiment: str, case, source: Source, 
     if not durable:
         benchmark.group += " no-fsync"
     run_rounds(lambda target: store(case.subject, target, images, labels, durable), setup)
-    record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
+    if case.subject.files(path):  # a codec floor keeps nothing on disk
+        record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     check_read_back(case.subject, read_all(case.subject, path), images, labels)
 
 

@@ -9,6 +9,7 @@ and ``@pytest.mark.training`` puts an experiment in the training preset.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shutil
@@ -22,8 +23,9 @@ import pytest
 import storage
 from benchmarks import machine, report, summary
 from benchmarks.data import Dataset, parse_size, size_id
-from benchmarks.floor import FLOOR
+from benchmarks.floor import FLOOR, CodecFloor
 from benchmarks.harness import Source, Subject, peak_memory, store
+from storage.codecs import RAW, Codec
 
 CIFAR = (32, 32, 3)
 
@@ -185,6 +187,9 @@ ROWS = pytest.StashKey[list]()  # what the summary at the end shows, one row per
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit_row: also run the floor (benchmarks.floor), as the row 'limit'")
+    config.addinivalue_line(
+        "markers", "codec_floor: also run each codec of the chosen backends alone, as the rows 'limit-<codec>'"
+    )
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
     config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
     config.addinivalue_line("markers", "training: how training reads; runs with --preset=training (and smoke)")
@@ -208,6 +213,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+@functools.cache
+def codec_floor(codec: Codec) -> CodecFloor:
+    """One codec floor per codec and settings for the session: its read rows decode what its builds encoded."""
+    return CodecFloor(codec)
+
+
 def runs_in(chosen: Grid, item: pytest.Item) -> bool:
     """Whether a collected test runs in this grid: every test that is no experiment does."""
     if chosen.training is None or "case" not in item.fixturenames:
@@ -222,6 +233,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     subjects = [storage.backend(name) for name in chosen.backends]
     if metafunc.definition.get_closest_marker("limit_row"):
         subjects.append(FLOOR)
+    if metafunc.definition.get_closest_marker("codec_floor"):
+        encoded = {backend.codec for backend in subjects if backend is not FLOOR and backend.codec is not RAW}
+        subjects += [codec_floor(codec) for codec in sorted(encoded, key=lambda codec: codec.label)]
     counts = (None,) if metafunc.definition.get_closest_marker("single_image") else chosen.counts
     cases = [Case(subject, n, size, chosen.dataset) for n in counts for size in chosen.sizes for subject in subjects]
     metafunc.parametrize("case", cases, ids=str)
@@ -249,9 +263,10 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     for line in summary.render(rows):
         terminalreporter.write_line(line)
     terminalreporter.write_line(
-        "\nmedian: of the rounds; × floor: to the plain-file floor (limit); disk/image: bytes allocated, × raw: to the"
-        "\nraw pixels; peak memory: the most one untimed round allocated beyond its input (Python and NumPy"
-        "\nallocations; memory maps and libraries' own C allocations are not counted)."
+        "\nmedian: of the rounds; × floor: to the plain-file floor (limit); × codec: to the same codec alone, in memory"
+        "\n(limit-<codec>); disk/image: bytes allocated, × raw: to the raw pixels; peak memory: the most one untimed"
+        "\nround allocated beyond its input (Python and NumPy allocations; memory maps and libraries' own C"
+        "\nallocations are not counted)."
     )
 
 

@@ -1,8 +1,9 @@
 """The answer on screen: one compact table per experiment, count and size, printed at the end of a benchmark run.
 
-Each row is a backend: median time, ratio to the floor (`limit`) where the table has one, images per
-second, bytes on disk per image and their ratio to the raw pixels (store tables), and the peak memory a
-round allocated beyond its input. The fastest row is marked with ``*``. Lines stay within 120 columns.
+Each row is a backend: median time, ratio to the floor (`limit`) where the table has one, ratio to the
+floor of its codec (`limit-<codec>`, the codec alone) where it encodes its images, images per second,
+bytes on disk per image and their ratio to the raw pixels (store tables), and the peak memory a round
+allocated beyond its input. The fastest row is marked with ``*``. Lines stay within 120 columns.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import groupby
 
+import storage
 from benchmarks.floor import FLOOR
 from benchmarks.report import Result
+from storage.codecs import RAW
 
 WIDTH = 120
-COLUMNS = ("", "backend", "median", "× floor", "images/s", "disk/image", "× raw", "peak memory")
+COLUMNS = ("", "backend", "median", "× floor", "× codec", "images/s", "disk/image", "× raw", "peak memory")
 
 
 def duration(seconds: float) -> str:
@@ -36,6 +39,7 @@ def size(count: float | None) -> str:
 def table(rows: list[Result]) -> list[str]:
     """The lines of one group's table, fastest first."""
     floor = next((row.median for row in rows if row.backend == FLOOR.name), None)
+    medians = {row.backend: row.median for row in rows}
     fastest = min(row.median for row in rows)
     cells = [COLUMNS]
     for row in sorted(rows, key=lambda row: row.median):
@@ -46,6 +50,7 @@ def table(rows: list[Result]) -> list[str]:
                 row.backend,
                 duration(row.median),
                 f"{row.median / floor:.2f}" if floor else "",
+                f"{row.median / medians[codec]:.2f}" if (codec := codec_floor_of(row.backend)) in medians else "",
                 f"{row.reads / row.median:.3g}",
                 size(row.disk_per_image),
                 f"{disk_ratio:.2f}" if disk_ratio else "",
@@ -61,6 +66,14 @@ def table(rows: list[Result]) -> list[str]:
         ).rstrip()[:WIDTH]
         for line in cells
     ]
+
+
+def codec_floor_of(backend: str) -> str | None:
+    """The name of the row of `backend`'s codec alone, or None for raw pixels and names not available here."""
+    if backend not in storage.available():
+        return None
+    codec = storage.backend(backend).codec
+    return None if codec is RAW else f"{FLOOR.name}-{codec.label}"
 
 
 def render(rows: Iterable[Result]) -> list[str]:

@@ -32,6 +32,11 @@ class Codec(ABC):
     min_psnr: ClassVar[float | None] = None  # a lossy codec's promise: decoded images are at least this close (dB)
     checksummed: ClassVar[bool] = False  # a changed byte of its output is reported on decoding
 
+    @property
+    def label(self) -> str:
+        """The codec and its settings, for a table's row: ``png-level1``."""
+        return self.name
+
     @abstractmethod
     def accepts(self, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
         """Whether an image of this dtype and shape (H, W[, C]) can be encoded."""
@@ -73,6 +78,10 @@ class Png(Codec):
     name: ClassVar[str] = "png"
     holds: ClassVar[str] = "uint8 images that are 2-D or have 1, 3 or 4 channels, and 2-D uint16 images"
     checksummed: ClassVar[bool] = True  # the image data is a zlib stream with an Adler-32
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-level{self.level}"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.level, int) and 0 <= self.level <= 9):

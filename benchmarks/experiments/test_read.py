@@ -51,6 +51,7 @@ def test_read_one_open_store(benchmark, case, source, built_stores):
 
 
 @pytest.mark.limit_row
+@pytest.mark.codec_floor
 def test_read_many(benchmark, run_rounds, case, source, built_stores):
     images, labels = source
     path = built_stores.get(case, images, labels)

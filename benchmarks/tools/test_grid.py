@@ -9,13 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import storage
 from benchmarks import plugin
 from benchmarks.data import Dataset
-from benchmarks.floor import FLOOR
+from benchmarks.floor import FLOOR, CodecFloor
+from benchmarks.harness import check_read_back, read_all, store
 from benchmarks.plugin import PRESETS, Case, grid
+from storage import codecs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +51,27 @@ def test_grid_options_choose_the_cells():
     )
     ids = sorted(line.split("[")[1].rstrip("]") for line in result.stdout.splitlines() if "[" in line)
     assert ids == sorted(f"{b}-n={n}-8x8" for b in ("npz", "hdf5", "limit") for n in (7, 9))
+
+
+def test_each_codec_of_the_chosen_backends_gets_a_floor_row_in_store_and_read_tables():
+    def rows(experiment: str, backends: str) -> set[str]:
+        result = collect(experiment, f"--backends={backends}", "--image-counts=7", "--image-sizes=8x8")
+        return {line.split("[")[1].split("-n=")[0] for line in result.stdout.splitlines() if "[" in line}
+
+    chosen = "png,lmdb,lmdb-png,png-level9"
+    expected = {*chosen.split(","), "limit", "limit-png-level1", "limit-png-level9"}
+    assert rows("benchmarks/experiments/test_store.py::test_store_many", chosen) == expected
+    assert rows("benchmarks/experiments/test_read.py::test_read_many", "npz,hdf5") == {"npz", "hdf5", "limit"}
+
+
+def test_a_codec_floor_gives_back_what_it_encoded(tmp_path):
+    floor = CodecFloor(codecs.get("png"))
+    images = np.random.default_rng(0).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    store(floor, tmp_path / "store", images, np.arange(5))
+    assert floor.files(tmp_path / "store") == []
+    check_read_back(floor, read_all(floor, tmp_path / "store"), images, np.arange(5))
+    with pytest.raises(FileNotFoundError):
+        read_all(floor, tmp_path / "other")
 
 
 def options(**given: object) -> argparse.Namespace:

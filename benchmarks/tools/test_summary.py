@@ -41,6 +41,14 @@ def test_a_table_sorts_by_median_marks_the_fastest_and_divides_by_the_floor():
     assert slowest[-5:] == ["2.2", "kB", "0.72", "3.5", "MB"]
 
 
+def test_an_encoding_backend_is_divided_by_its_codec_floor_too():
+    lines = summary.table([row("png", 0.4), row("limit", 0.002), row("limit-png-level1", 0.32), row("npz", 0.004)])
+    png = next(line.split() for line in lines if line.split()[0] == "png")
+    assert png[:5] == ["png", "400", "ms", "200.00", "1.25"]
+    npz = next(line.split() for line in lines if line.split()[0] == "npz")
+    assert npz[3:5] == ["2.00", "2.5e+05"]  # raw pixels: no codec ratio, images/s follows
+
+
 def test_every_line_fits_120_columns():
     long_name = "a-backend-with-a-very-long-name-from-another-package"
     rows = [
