@@ -71,8 +71,11 @@ def describe(benchmark, experiment: str, case, images: np.ndarray | list, **info
 
 
 def record_disk_usage(benchmark, subject: Subject, path: Path, images: int, raw: int) -> None:
-    """Bytes allocated on disk, per image and relative to the raw pixels, and the file count, of a closed store."""
+    """Bytes allocated on disk, per image and relative to the raw pixels, and the file count, of a closed store
+    (nothing for a codec floor, which keeps nothing on disk)."""
     files = subject.files(path)
+    if not files:
+        return
     allocated = sum(allocated_bytes(file) for file in files)
     benchmark.extra_info.update(
         disk_bytes=allocated,
@@ -90,8 +93,7 @@ def measure_store(benchmark, run_rounds, experiment: str, case, source: Source, 
     if not durable:
         benchmark.group += " no-fsync"
     run_rounds(lambda target: store(case.subject, target, images, labels, durable), setup)
-    if case.subject.files(path):  # a codec floor keeps nothing on disk
-        record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
+    record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     check_read_back(case.subject, read_all(case.subject, path), images, labels)
 
 
