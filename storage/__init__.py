@@ -38,6 +38,7 @@ REGISTRY = {
 }
 # name -> (backend, write options): the same format written another way, benchmarked as its own row.
 VARIANTS = {
+    "png-pillow": ("png", {"library": "pillow"}),  # the PNG library the 2019 tutorial used
     "png-level6": ("png", {"compress_level": 6}),  # Pillow's default level, which the classic tutorial used
     "png-level9": ("png", {"compress_level": 9}),
     "lmdb-png": ("lmdb", {"encoding": "png"}),

@@ -25,9 +25,6 @@ Images = Union[np.ndarray, Sequence[np.ndarray]]
 Ids = Union[Sequence[int], slice, None]
 
 INT64 = np.iinfo(np.int64)
-# A compressed image expands at most this much when decoded (deflate: 1032:1; lzf less): a stored
-# size beyond it is forged, and is refused before anything of that size is allocated.
-MAX_EXPANSION = 1100
 WRITER_LOCK = "writer.lock"  # in a directory store; a single-file store's is beside it, named after it
 
 

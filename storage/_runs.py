@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from storage._base import MAX_EXPANSION, Capabilities, Store
+from storage._base import Capabilities, Store
 from storage._durable import make_durable, remove_leftovers, staged_copy, staging_leftovers
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, gather_runs
+from storage.codecs import MAX_EXPANSION
 
 Layout = tuple[tuple[int, ...], np.dtype]  # the shape and dtype of each image of a run
 

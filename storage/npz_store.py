@@ -24,11 +24,11 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib import format as npy
 
-from storage._base import MAX_EXPANSION, Options
+from storage._base import Options
 from storage._errors import DamagedStoreError
 from storage._reading import is_consecutive
 from storage._runs import RunFileStore
-from storage.codecs import NUMERIC_KINDS
+from storage.codecs import MAX_EXPANSION, NUMERIC_KINDS
 
 COMMENT = b"imagestore-npz-1"
 MEMBER = re.compile(r"(images|labels)_(\d{8})\.npy")

@@ -18,7 +18,7 @@ from storage._base import Capabilities, Options, Store
 from storage._durable import make_durable, read_own, remove_leftovers, replace_atomically, staging_leftovers, write_new
 from storage._errors import DamagedStoreError
 from storage._reading import Batch, stack_or_list
-from storage.codecs import Png
+from storage.codecs import PNG_LIBRARIES, Png
 
 INDEX = "index.bin"
 MAGIC = b"imagestore-png\x00\x01"  # 16 bytes, then one RECORD per image
@@ -28,16 +28,18 @@ IMAGE_NAME = re.compile(r"\d{9}\.png")
 
 @dataclass(frozen=True)
 class PngOptions(Options):
-    """`compress_level`: zlib's level for new PNG files, 0-9 (1 favours speed, 9 size)."""
+    """`compress_level`: zlib's level for new PNG files, 0-9 (1 favours speed, 9 size); `library`: what writes and
+    reads them, "imagecodecs" or "pillow"."""
 
     compress_level: int = 1
+    library: str = PNG_LIBRARIES[0]
 
     def __post_init__(self) -> None:
-        Png(self.compress_level)  # checks the level
+        Png(self.compress_level, self.library)  # checks the level and the library
 
     @property
     def codec(self) -> Png:
-        return Png(self.compress_level)
+        return Png(self.compress_level, self.library)
 
 
 class PngStore(Store):
