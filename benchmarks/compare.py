@@ -287,7 +287,7 @@ def table(rows: list[Row], options: argparse.Namespace) -> str:
     lines.append(
         f"{options.rounds} rounds a side; flagged when slower by > {options.threshold:g}% with p < {options.alpha:g} "
         f"(p corrected for {judged} benchmarks), > {options.disk_tolerance:g}% more disk per image, or > "
-        f"{options.memory_tolerance:g}% (and 64 KiB) more peak memory in every round. "
+        f"{options.memory_tolerance:g}% (and {MEMORY_FLOOR // 1024} KiB) more peak memory in every round. "
         + (f"{regressed} regressed." if regressed else "No regression.")
     )
     return "\n".join(lines)

@@ -126,12 +126,17 @@ class EncodedImages:
         self.close()
 
 
+def codec_floor_name(codec: Codec) -> str:
+    """The row of `codec` alone: ``limit-png-imagecodecs-level1``."""
+    return f"{FLOOR_NAME}-{codec.label}"
+
+
 class CodecFloor:
     """Encodes and decodes with one codec and its settings, in memory; named `limit-<codec label>`."""
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
-        self.name = f"{FLOOR_NAME}-{codec.label}"
+        self.name = codec_floor_name(codec)
         self.held: dict[Path, tuple[list, list, list]] = {}  # per path: encoded images, their layouts, labels
 
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> EncodedImages:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from itertools import groupby
 
 import storage
-from benchmarks.floor import FLOOR
+from benchmarks.floor import FLOOR, codec_floor_name
 from benchmarks.report import Result
 from storage.codecs import RAW
 
@@ -73,7 +73,7 @@ def codec_floor_of(backend: str) -> str | None:
     if backend not in storage.available():
         return None
     codec = storage.backend(backend).codec
-    return None if codec is RAW else f"{FLOOR.name}-{codec.label}"
+    return None if codec is RAW else codec_floor_name(codec)
 
 
 def render(rows: Iterable[Result]) -> list[str]:

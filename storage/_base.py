@@ -178,7 +178,7 @@ class Store(ABC):
                 for file in [*cls.files(new), *([new] if cls.capabilities.directory else [])]:
                     if file not in locks:
                         fsync_path(file)
-            with taking_turns(cls.writer_lock(location) if replace and cls.exists(location) else None):
+            with taking_turns(cls.writer_lock(location) if replace else None):
                 old = move_into_place(new, location, replace, durable)
         except BaseException as error:
             cls._discard(new)

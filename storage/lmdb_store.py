@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import pickletools
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -254,9 +255,13 @@ def _check_own(location: Path) -> None:
     """DamagedStoreError if LMDB's files are symlinks, which LMDB would read and write through (lock.mdb even when
     read-only), or FIFOs or devices, which it would wait on or read without end."""
     for name in ("data.mdb", "lock.mdb"):
-        if (location / name).is_symlink():
+        try:
+            mode = os.lstat(location / name).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
             raise DamagedStoreError(f"{location / name} is a symlink; a store's files are its own")
-        if (location / name).exists() and not (location / name).is_file():
+        if not stat.S_ISREG(mode):
             raise DamagedStoreError(f"{location / name} is not a regular file")
 
 

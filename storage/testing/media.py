@@ -91,7 +91,7 @@ def digest(name: str, location: Path) -> tuple[int, str]:
 def strangers(name: str, directory: Path) -> list[str]:
     """What lies under `directory` that no store there lists as its own (the ballast aside): leftovers."""
     backend = storage.backend(name)
-    own = {Path(directory / "ballast")}
+    own = {directory / "ballast"}
     for entry in directory.iterdir():
         if backend.is_store(entry):
             own |= {entry, *backend.files(entry), backend.store_class.writer_lock(entry)}
