@@ -35,6 +35,12 @@ REGISTRY = {
     "lmdb": "storage.lmdb_store:LmdbStore",
     "hdf5": "storage.hdf5_store:Hdf5Store",
     "npz": "storage.npz_store:NpzStore",
+    "jpeg": "storage.jpeg_store:JpegStore",
+    "sqlite": "storage.sqlite_store:SqliteStore",
+    "arrow": "storage.arrow_store:ArrowStore",
+    "parquet": "storage.parquet_store:ParquetStore",
+    "webdataset": "storage.webdataset_store:WebDatasetStore",
+    "zarr": "storage.zarr_store:ZarrStore",
 }
 # name -> (backend, write options): the same format written another way, benchmarked as its own row.
 VARIANTS = {
