@@ -1,0 +1,46 @@
+"""arrow through the contract, plus what is its own: pyarrow opens each part alone, and raw pixels are read
+straight out of the memory map."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+import storage
+from storage.testing import StoreContract
+
+IMAGES = np.arange(3 * 4 * 5 * 3, dtype=np.uint8).reshape(3, 4, 5, 3)
+
+
+class TestArrow(StoreContract):
+    backend = "arrow"
+
+
+def test_each_part_is_an_arrow_file_that_describes_itself(tmp_path):
+    with storage.open("arrow", tmp_path / "store", "x") as store:
+        store.append(IMAGES, [7, 8, 9])
+        store.append(IMAGES[:1, :, :, 0], [10])
+    with pa.memory_map(str(tmp_path / "store" / "part-00000000.arrow")) as file:
+        table = pa.ipc.open_file(file).read_all()
+    layout = json.loads(table.schema.metadata[b"image_layout"])
+    assert layout == {"shape": [4, 5, 3], "dtype": "|u1", "encoding": "raw"}
+    assert table.column("label").to_pylist() == [7, 8, 9]
+    pixels = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(IMAGES.shape)
+    np.testing.assert_array_equal(pixels, IMAGES)
+    assert sorted(path.name for path in (tmp_path / "store").iterdir()) == [
+        "manifest.json",
+        "part-00000000.arrow",
+        "part-00000001.arrow",
+        "writer.lock",
+    ]
+
+
+def test_encoded_parts_hold_the_encoded_files(tmp_path):
+    with storage.open("arrow", tmp_path / "store", "x", encoding="png") as store:
+        store.append(IMAGES, [1, 2, 3])
+    with pa.memory_map(str(tmp_path / "store" / "part-00000000.arrow")) as file:
+        table = pa.ipc.open_file(file).read_all()
+    assert table.schema.field("image").type == pa.large_binary()
+    assert all(record.startswith(b"\x89PNG") for record in table.column("image").to_pylist())
