@@ -39,6 +39,7 @@ class Preset:
     about: str
     training: bool | None = False
     variants: bool = False  # every variant beside its backend, unless --backends says otherwise
+    paired: bool = False  # counts[i] goes with sizes[i] only, rather than every count with every size
 
 
 PRESETS = {
@@ -48,6 +49,14 @@ PRESETS = {
     "training": Preset((10_000,), (CIFAR,), "the training-read experiments only, 10,000 of 32x32x3", training=True),
     "variants": Preset(
         (1_000,), (CIFAR, (256, 256, 3)), "1,000 of 32x32x3 and 256x256x3, every variant too", variants=True
+    ),
+    "formats": Preset(
+        (10_000, 1_000),
+        (CIFAR, (256, 256, 3)),
+        "10,000 of 32x32x3 and 1,000 of 256x256x3, every experiment, backend and variant",
+        training=None,
+        variants=True,
+        paired=True,
     ),
     "smoke": Preset((20, 300), (CIFAR,), "20 and 300 images, every experiment; the default with timing off", None),
 }
@@ -134,6 +143,13 @@ class Grid:
     sizes: tuple[tuple[int, ...] | None, ...]  # None: the dataset's own images (cifar10, folder)
     dataset: Dataset
     training: bool | None = False  # as Preset.training
+    paired: bool = False  # as Preset.paired
+
+    def cells(self) -> list[tuple[int, tuple[int, ...] | None]]:
+        """The (count, size) cells, in order."""
+        if self.paired:
+            return list(zip(self.counts, self.sizes))
+        return [(count, size) for count in self.counts for size in self.sizes]
 
 
 def grid(options: argparse.Namespace) -> Grid:
@@ -152,7 +168,8 @@ def grid(options: argparse.Namespace) -> Grid:
         except ValueError as error:
             raise pytest.UsageError(f"{error}; choose counts with --image-counts") from None
     backends = options.backends or storage.available(variants=preset.variants)
-    return Grid(backends, counts, sizes, dataset, preset.training)
+    paired = preset.paired and not (options.image_counts or options.image_sizes or dataset.kind != "synthetic")
+    return Grid(backends, counts, sizes, dataset, preset.training, paired)
 
 
 @dataclass(frozen=True)
@@ -236,8 +253,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("codec_floor"):
         encoded = {backend.codec for backend in subjects if backend is not FLOOR and backend.codec is not RAW}
         subjects += [codec_floor(codec) for codec in sorted(encoded, key=lambda codec: codec.label)]
-    counts = (None,) if metafunc.definition.get_closest_marker("single_image") else chosen.counts
-    cases = [Case(subject, n, size, chosen.dataset) for n in counts for size in chosen.sizes for subject in subjects]
+    if metafunc.definition.get_closest_marker("single_image"):
+        cells = [(None, size) for size in dict.fromkeys(chosen.sizes)]
+    else:
+        cells = chosen.cells()
+    cases = [Case(subject, n, size, chosen.dataset) for n, size in cells for subject in subjects]
     metafunc.parametrize("case", cases, ids=str)
 
 

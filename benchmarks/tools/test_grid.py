@@ -37,6 +37,13 @@ def test_presets_hold_the_classic_and_large_grids():
     assert {(256, 256, 3), (512, 512, 3)} == set(PRESETS["large"].sizes)
 
 
+def test_the_formats_preset_pairs_each_count_with_its_size():
+    assert grid(options(preset="formats")).cells() == [(10_000, (32, 32, 3)), (1_000, (256, 256, 3))]
+    assert grid(options(preset="formats")).backends == storage.available()
+    chosen = grid(options(preset="formats", image_counts=(5,)))  # a count given: every size gets it
+    assert chosen.cells() == [(5, (32, 32, 3)), (5, (256, 256, 3))]
+
+
 def collect(*options: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *options]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -88,7 +95,7 @@ def options(**given: object) -> argparse.Namespace:
         (
             plugin.parse_preset,
             "huge",
-            "'huge' is no preset; presets: default, classic, large, training, variants, smoke",
+            "'huge' is no preset; presets: default, classic, large, training, variants, formats, smoke",
         ),
         (plugin.parse_sizes, "32", "HxW or HxWxC"),
         (plugin.parse_counts, "0", "image counts must be positive"),
