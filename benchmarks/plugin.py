@@ -113,7 +113,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--backends",
         type=parse_backends,
         help="comma-separated backends and variants from storage.available(), e.g. lmdb,lmdb-png "
-        "(default: every backend; with --preset=variants, every variant too)",
+        "(default: every backend; with --preset=variants or formats, every variant too)",
     )
     group.addoption("--image-counts", type=parse_counts, help="comma-separated image counts, e.g. 100,10000")
     group.addoption("--image-sizes", type=parse_sizes, help="comma-separated HxWxC or HxW sizes, e.g. 32x32x3,64x64")
