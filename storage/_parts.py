@@ -150,7 +150,11 @@ class PartsStore(Store):
         self._parts: list[Part] = []
         self._handles: list[object] = []
         self._label_runs: list[np.ndarray] = []
-        self._add_parts(self._read_manifest(manifest))
+        try:
+            self._add_parts(self._read_manifest(manifest))
+        except BaseException:  # a damaged later part: release the parts opened before it
+            self._close()
+            raise
 
     def _read_manifest(self, manifest: Path) -> list[Part]:
         if os.lstat(manifest).st_size > MAX_MANIFEST_BYTES:
