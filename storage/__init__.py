@@ -49,10 +49,14 @@ VARIANTS = {
     "png-level9": ("png", {"compress_level": 9}),
     "lmdb-png": ("lmdb", {"encoding": "png"}),
     "lmdb-pickle": ("lmdb", {"encoding": "pickle"}),
+    "lmdb-jpeg": ("lmdb", {"encoding": "jpeg"}),
     "hdf5-png": ("hdf5", {"encoding": "png"}),
+    "hdf5-jpeg": ("hdf5", {"encoding": "jpeg"}),
     "hdf5-lzf": ("hdf5", {"compression": "lzf"}),
     "hdf5-gzip": ("hdf5", {"compression": "gzip"}),
     "npz-deflate": ("npz", {"compression": "deflate"}),
+    "webdataset-png": ("webdataset", {"encoding": "png"}),
+    "webdataset-jpeg": ("webdataset", {"encoding": "jpeg"}),
 }
 MODES = ("r", "a", "w", "x")
 
@@ -111,6 +115,16 @@ def _load(target: str) -> type[Store] | None:
         return None
 
 
+def _builds(store_class: type[Store], options: Mapping[str, object]) -> bool:
+    """Whether a variant's options can be built here: not where the codec they name is missing (jpeg without
+    simplejpeg), which its backend's Options refuse with a ValueError."""
+    try:
+        store_class.Options(**options)
+    except ValueError:
+        return False
+    return True
+
+
 def _entry_points() -> list[metadata.EntryPoint]:
     found = metadata.entry_points()
     return list(found.select(group=ENTRY_POINTS) if hasattr(found, "select") else found.get(ENTRY_POINTS, []))
@@ -125,7 +139,7 @@ def _backends() -> dict[str, Backend]:
         if store_class is not None:
             found[name] = Backend(name, store_class, name)
     for name, (base, options) in VARIANTS.items():
-        if base in found:
+        if base in found and _builds(found[base].store_class, options):
             found[name] = Backend(name, found[base].store_class, base, MappingProxyType(options))
     for point in sorted(_entry_points(), key=lambda point: point.name):
         store_class = None if point.name in REGISTRY or point.name in VARIANTS else _load(point.value)

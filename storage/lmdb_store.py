@@ -5,11 +5,11 @@ and a cursor reads a range in one pass. The memory map grows before (and, if nee
 an append, so a store created with a tiny ``map_size`` never fails with ``MapFullError``.
 
 ``encoding`` says how new records hold their pixels: ``"raw"`` bytes (the default), a PNG
-file (``"png"``: smaller records, a decode per read), or ``"pickle"``: the header and raw
-pixels as a pickled tuple, the layout tutorials teach. Pickled records are read by checking
-them byte for byte against the frame this module writes and taking the two byte strings out
-of it (the frame's layout comes from ``pickletools.genops``, which parses without executing);
-stored data is never unpickled.
+file (``"png"``: smaller records, a decode per read), a JPEG file (``"jpeg"``: lossy, needs
+simplejpeg), or ``"pickle"``: the header and raw pixels as a pickled tuple, the layout
+tutorials teach. Pickled records are read by checking them byte for byte against the frame
+this module writes and taking the two byte strings out of it (the frame's layout comes from
+``pickletools.genops``, which parses without executing); stored data is never unpickled.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from storage.codecs import NUMERIC_KINDS
 
 HEADER = struct.Struct("<4sBB2x3Iq")  # dtype code, ndim, encoding, padding, shape (unused dims 0), label
 LAYOUT_BYTES = HEADER.size - 8  # everything before the label: equal for images of one layout and encoding
-ENCODINGS = ("raw", "png", "pickle")  # the header's encoding byte is the position here
-RAW, PNG, PICKLE = range(3)
-RECORD_CODECS = (codecs.RAW, codecs.get("png"), codecs.RAW)  # a pickle frame holds raw pixels
+ENCODINGS = ("raw", "png", "pickle", "jpeg")  # the header's encoding byte is the position here
+RAW, PNG, PICKLE, JPEG = range(4)
+RECORD_CODECS = ("raw", "png", "raw", "jpeg")  # a pickle frame holds raw pixels; jpeg is there with simplejpeg
 PICKLE_PROTOCOL = 5
 PICKLE_START = b"\x80\x05"  # a record that starts so is a pickle frame; other records start with a dtype code
 KEY = struct.Struct(">cQ")  # b"i", id
@@ -67,7 +67,7 @@ def _layout(code: bytes, ndim: int, dims: tuple[int, int, int]) -> tuple[np.dtyp
 @dataclass(frozen=True)
 class LmdbOptions(Options):
     """`map_size`: the initial size of the memory map in bytes (it grows as needed); `encoding`: how new records
-    hold pixels, "raw", "png" or "pickle" (any store reads all three)."""
+    hold pixels, "raw", "png", "jpeg" or "pickle" (any store reads them all)."""
 
     map_size: int = MIB
     encoding: str = "raw"
@@ -75,6 +75,8 @@ class LmdbOptions(Options):
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {self.encoding!r}")
+        if self.encoding != "pickle":
+            codecs.get(self.encoding)  # ValueError for jpeg where simplejpeg is missing
         if not (isinstance(self.map_size, int) and self.map_size > 0):
             raise ValueError(f"map_size must be a positive int, got {self.map_size!r}")
 
@@ -158,7 +160,8 @@ class LmdbStore(Store):
         info = self._env.info()
         needed = (info["last_pgno"] + 2) * page
         for batch in batches:
-            record = HEADER.size + batch[0].nbytes + KEY.size + 80  # room for a pickle frame or PNG chunks
+            extra = 700 if self.encoding == JPEG else 80  # a JPEG's markers and tables take about 630 bytes
+            record = HEADER.size + batch[0].nbytes + KEY.size + extra  # room for a pickle frame or PNG chunks
             needed += len(batch) * (math.ceil(record / page) * page if record > page // 2 else 2 * record)
         if needed > info["map_size"]:
             self._env.set_mapsize(math.ceil(needed * 1.5 / MIB) * MIB)
@@ -334,7 +337,7 @@ def _split(value) -> tuple[tuple[bytes, int, int, tuple[int, int, int], int], me
     """The header fields and the pixel bytes of a record of any encoding; DamagedStoreError for a foreign one."""
     if value[: len(PICKLE_START)] != PICKLE_START:
         fields = _header(value)
-        if fields[2] not in (RAW, PNG):
+        if fields[2] not in (RAW, PNG, JPEG):
             raise DamagedStoreError(f"lmdb record with encoding byte {fields[2]} outside a pickle frame")
         return fields, value[HEADER.size :]
     foreign = DamagedStoreError("lmdb record is a pickle frame this store did not write")
@@ -399,6 +402,6 @@ def _decode_each(values: list) -> tuple[Batch, np.ndarray]:
         for position, value in enumerate(values):
             (code, ndim, encoding, dims, labels[position]), pixels = _split(value)
             dtype, shape, _ = _layout(code, ndim, dims)
-            yield RECORD_CODECS[encoding].decode(pixels, shape, dtype)
+            yield codecs.get(RECORD_CODECS[encoding]).decode(pixels, shape, dtype)
 
     return stack_or_list(images(), len(values)), labels

@@ -3,6 +3,9 @@
 The index is replaced (write a new one, rename it over the old) only after the PNG files of a
 batch are on disk, so it is the commit record: ``len(store)`` is the number of index records,
 and a PNG without one (left by an interrupted append) is ignored and later overwritten.
+
+`ImageFileStore` is this layout for any codec: the jpeg store is the same with ``.jpg`` files
+and its own index magic, so that each backend knows its own stores.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,39 +27,26 @@ from storage.codecs import PNG_LIBRARIES, Png
 INDEX = "index.bin"
 MAGIC = b"imagestore-png\x00\x01"  # 16 bytes, then one RECORD per image
 RECORD = np.dtype([("label", "<i8"), ("one_channel_axis", "u1")])  # was (H, W, 1), stored as grey
-IMAGE_NAME = re.compile(r"\d{9}\.png")
 
 
-@dataclass(frozen=True)
-class PngOptions(Options):
-    """`compress_level`: zlib's level for new PNG files, 0-9 (1 favours speed, 9 size); `library`: what writes and
-    reads them, "imagecodecs" or "pillow"."""
+class ImageFileStore(Store):
+    """A directory of one encoded file per image (``000000000<suffix>``, ...) and an index of labels, which is the
+    commit record. A subclass names its index `magic` (16 bytes) and its files' `suffix`; its Options choose the
+    codec, whose ``decode(data)`` gives a grey image as 2-D."""
 
-    compress_level: int = 1
-    library: str = PNG_LIBRARIES[0]
-
-    def __post_init__(self) -> None:
-        Png(self.compress_level, self.library)  # checks the level and the library
-
-    @property
-    def codec(self) -> Png:
-        return Png(self.compress_level, self.library)
-
-
-class PngStore(Store):
-    name = "png"
+    magic: ClassVar[bytes]
+    suffix: ClassVar[str]
     capabilities = Capabilities(directory=True)
-    Options = PngOptions
 
     def _start(self, create: bool) -> None:
         index = self.location / INDEX
         if create:
             self.location.mkdir(exist_ok=True)
-            replace_atomically(index, MAGIC, self.durable)
+            replace_atomically(index, self.magic, self.durable)
         data = read_own(index)
-        if not data.startswith(MAGIC) or (len(data) - len(MAGIC)) % RECORD.itemsize:
-            raise DamagedStoreError(f"{index} is not a complete png store index")
-        self._records = np.frombuffer(data, RECORD, offset=len(MAGIC))
+        if not data.startswith(self.magic) or (len(data) - len(self.magic)) % RECORD.itemsize:
+            raise DamagedStoreError(f"{index} is not a complete {type(self).name} store index")
+        self._records = np.frombuffer(data, RECORD, offset=len(self.magic))
 
     @classmethod
     def is_store(cls, location: Path) -> bool:
@@ -63,11 +54,12 @@ class PngStore(Store):
         if not index.is_file():
             return False
         with index.open("rb") as file:
-            return file.read(len(MAGIC)) == MAGIC
+            return file.read(len(cls.magic)) == cls.magic
 
     @classmethod
     def files(cls, location: Path) -> list[Path]:
-        images = [Path(entry.path) for entry in os.scandir(location) if IMAGE_NAME.fullmatch(entry.name)]
+        name = re.compile(rf"\d{{9}}{re.escape(cls.suffix)}")
+        images = [Path(entry.path) for entry in os.scandir(location) if name.fullmatch(entry.name)]
         own = [location / INDEX, cls.writer_lock(location)]
         return [*filter(Path.exists, own), *staging_leftovers(location / INDEX), *sorted(images)]
 
@@ -78,7 +70,7 @@ class PngStore(Store):
         return self.location / INDEX  # replaced atomically by every append
 
     def _image_path(self, image_id: int) -> Path:
-        return self.location / f"{image_id:09d}.png"
+        return self.location / f"{image_id:09d}{self.suffix}"
 
     def _count(self) -> int:
         return len(self._records)
@@ -100,7 +92,7 @@ class PngStore(Store):
             if self.durable:
                 make_durable(written, self.location)
             records = np.concatenate([self._records, records])
-            replace_atomically(self.location / INDEX, MAGIC + records.tobytes(), self.durable)
+            replace_atomically(self.location / INDEX, self.magic + records.tobytes(), self.durable)
         except BaseException:
             if self._committed_count() == len(self._records):  # not committed (a full disk, say): no orphans
                 for path in written:
@@ -109,7 +101,7 @@ class PngStore(Store):
         self._records = records
 
     def _committed_count(self) -> int:
-        return ((self.location / INDEX).stat().st_size - len(MAGIC)) // RECORD.itemsize
+        return ((self.location / INDEX).stat().st_size - len(self.magic)) // RECORD.itemsize
 
     def _decode(self, image_id: int) -> np.ndarray:
         array = self.codec.decode(read_own(self._image_path(image_id)))
@@ -121,3 +113,26 @@ class PngStore(Store):
 
     def _close(self) -> None:
         pass  # every file is closed as soon as it has been written or read
+
+
+@dataclass(frozen=True)
+class PngOptions(Options):
+    """`compress_level`: zlib's level for new PNG files, 0-9 (1 favours speed, 9 size); `library`: what writes and
+    reads them, "imagecodecs" or "pillow"."""
+
+    compress_level: int = 1
+    library: str = PNG_LIBRARIES[0]
+
+    def __post_init__(self) -> None:
+        Png(self.compress_level, self.library)  # checks the level and the library
+
+    @property
+    def codec(self) -> Png:
+        return Png(self.compress_level, self.library)
+
+
+class PngStore(ImageFileStore):
+    name = "png"
+    Options = PngOptions
+    magic = MAGIC
+    suffix = ".png"

@@ -71,8 +71,8 @@ def test_png_level_out_of_range_is_refused(level):
 
 
 def test_unknown_codec_lists_the_known_ones():
-    with pytest.raises(ValueError, match="encoding must be one of raw, png; got 'jpeg'"):
-        codecs.get("jpeg")
+    with pytest.raises(ValueError, match=r"encoding must be one of raw, png(, jpeg)?; got 'webp'"):
+        codecs.get("webp")
 
 
 @pytest.mark.parametrize("codec", list(codecs.CODECS.values()), ids=lambda codec: codec.name)

@@ -48,7 +48,7 @@ def test_a_compressing_variant_stores_smooth_images_in_less_room(name, tmp_path)
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("hdf5", {"encoding": "jpeg"}, "encoding must be one of raw, png"),
+        ("hdf5", {"encoding": "webp"}, "encoding must be one of raw, png"),
         ("hdf5", {"compression": "szip"}, "compression must be None, lzf or gzip"),
         ("hdf5-png", {"compression": "gzip"}, "png files are compressed already"),
     ],

@@ -110,7 +110,7 @@ def test_appending_to_a_damaged_store_is_damage(tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"encoding": "jpeg"}, "encoding must be one of raw, png, pickle"),
+        ({"encoding": "webp"}, "encoding must be one of raw, png, pickle, jpeg"),
         ({"map_size": 0}, "map_size must be a positive int"),
     ],
     ids=["encoding", "map_size"],

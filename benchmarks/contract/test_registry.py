@@ -9,9 +9,12 @@ from storage.testing import assert_read_match, sample_images
 
 BAD_VALUES = {  # an option value each built-in backend refuses
     "png": {"compress_level": 10},
-    "lmdb": {"encoding": "jpeg"},
+    "lmdb": {"encoding": "webp"},
     "hdf5": {"compression": "szip"},
     "npz": {"compression": "bzip2"},
+    "jpeg": {"quality": 0},
+    "arrow": {"encoding": "webp"},
+    "webdataset": {"shard_size": 0},
 }
 
 
