@@ -356,12 +356,29 @@ def _split(value) -> tuple[tuple[bytes, int, int, tuple[int, int, int], int], me
 
 
 def _values(txn: lmdb.Transaction, ids: np.ndarray) -> Iterator:
-    """The records of `ids` in order, one at a time (a cursor pass for a range of ids)."""
+    """The records of `ids` in order, one at a time (a cursor pass for a range of ids); DamagedStoreError once a
+    record is found missing (a damaged count of records can list more than there are)."""
     if is_consecutive(ids):
         cursor = txn.cursor()
-        cursor.set_key(KEY.pack(b"i", int(ids[0])))
-        return islice(cursor.iternext(keys=False, values=True), len(ids))
-    return (txn.get(KEY.pack(b"i", image_id)) for image_id in ids.tolist())
+        first, last = KEY.pack(b"i", int(ids[0])), KEY.pack(b"i", int(ids[-1]))
+        if not cursor.set_key(first):
+            raise DamagedStoreError(f"the lmdb store lacks the record of id {int(ids[0])}")
+        return chain(islice(cursor.iternext(keys=False, values=True), len(ids)), _ended_at(cursor, last))
+    return (_get(txn, image_id) for image_id in ids.tolist())
+
+
+def _ended_at(cursor: lmdb.Cursor, last: bytes) -> Iterator:
+    """Nothing, once the cursor has passed the records of a range: DamagedStoreError unless it ends at `last`."""
+    if cursor.key() != last:
+        raise DamagedStoreError(f"the lmdb store lacks records up to id {KEY.unpack(last)[1]}")
+    yield from ()
+
+
+def _get(txn: lmdb.Transaction, image_id: int) -> memoryview:
+    value = txn.get(KEY.pack(b"i", image_id))
+    if value is None:
+        raise DamagedStoreError(f"the lmdb store lacks the record of id {image_id}")
+    return value
 
 
 def _decode_uniform(values: Iterator, count: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -107,6 +107,18 @@ def test_appending_to_a_damaged_store_is_damage(tmp_path):
     assert outcome.error in ("DamagedStoreError", "ValueError", None), outcome.describe()  # not lmdb's own
 
 
+@pytest.mark.parametrize("missing", [0, 3, 9])
+@pytest.mark.parametrize("scattered", [False, True], ids=["all", "scattered"])
+def test_a_missing_record_is_damage_not_a_shifted_read(missing, scattered, tmp_path):
+    images = np.arange(11 * 4 * 5 * 3, dtype=np.uint8).reshape(11, 4, 5, 3)
+    with storage.open("lmdb", tmp_path / "store", "x") as store:
+        store.append(images, range(11))
+    with lmdb.open(str(tmp_path / "store")) as env, env.begin(write=True) as txn:  # ten records left, one gone
+        assert txn.delete(KEY.pack(b"i", missing))
+    with storage.open("lmdb", tmp_path / "store") as store, pytest.raises(storage.DamagedStoreError, match="lacks"):
+        store.read([9, missing] if scattered else None)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
