@@ -111,6 +111,11 @@ class PartsStore(Store):
         return location / f"part-{number:08d}{cls.suffix}"
 
     @classmethod
+    def part_files(cls, location: Path, number: int) -> list[Path]:
+        """The files of part `number`: the part, and whatever a backend keeps beside it."""
+        return [cls.part_path(location, number)]
+
+    @classmethod
     def is_store(cls, location: Path) -> bool:
         manifest = location / MANIFEST
         if not manifest.is_file():
@@ -137,7 +142,7 @@ class PartsStore(Store):
         """Delete staging copies, and parts the manifest on disk does not list: killed writers left them."""
         remove_leftovers(self.location / MANIFEST)
         listed = len(self._read_manifest(self.location / MANIFEST))  # newer than this object's, maybe
-        keep = {self.part_path(self.location, number).name for number in range(listed)}
+        keep = {path.name for number in range(listed) for path in self.part_files(self.location, number)}
         for entry in os.scandir(self.location):
             if entry.name.startswith("part-") and entry.name not in keep:
                 _remove(Path(entry.path))

@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
-from storage._durable import NO_FOLLOW, STAGING, fsync_path, read_own, remove_leftovers, write_new
+from storage._durable import NO_FOLLOW, STAGING, fsync_path, read_own, write_new
 from storage._errors import DamagedStoreError
-from storage._parts import MANIFEST, EncodingOptions, Part, PartsStore, _remove, decode_into
+from storage._parts import EncodingOptions, Part, PartsStore, decode_into
 from storage._reading import is_consecutive, read_buffer
 
 BLOCK = tarfile.BLOCKSIZE  # 512: tar headers and member data start on these
@@ -230,15 +230,10 @@ class WebDatasetStore(PartsStore):
         indexes = [Path(entry.path) for entry in os.scandir(location) if INDEX_NAME.fullmatch(entry.name)]
         return [*super().files(location), *sorted(indexes)]
 
-    def _sweep(self) -> None:
-        """The skeleton's sweep, keeping the indexes of listed shards too."""
-        remove_leftovers(self.location / MANIFEST)
-        listed = len(self._read_manifest(self.location / MANIFEST))
-        shards = [self.part_path(self.location, number) for number in range(listed)]
-        keep = {path.name for shard in shards for path in (shard, index_path(shard))}
-        for entry in os.scandir(self.location):
-            if entry.name.startswith("part-") and entry.name not in keep:
-                _remove(Path(entry.path))
+    @classmethod
+    def part_files(cls, location: Path, number: int) -> list[Path]:
+        shard = cls.part_path(location, number)
+        return [shard, index_path(shard)]
 
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
         """Runs split into shards of at most `shard_size` images, then written as the skeleton does; the indexes
