@@ -55,6 +55,10 @@ VARIANTS = {
     "hdf5-lzf": ("hdf5", {"compression": "lzf"}),
     "hdf5-gzip": ("hdf5", {"compression": "gzip"}),
     "npz-deflate": ("npz", {"compression": "deflate"}),
+    "arrow-png": ("arrow", {"encoding": "png"}),  # how Hugging Face datasets keeps image datasets such as CIFAR-10
+    "parquet-png": ("parquet", {"encoding": "png"}),  # Hugging Face's image struct in Parquet
+    "parquet-jpeg": ("parquet", {"encoding": "jpeg"}),
+    "sqlite-png": ("sqlite", {"encoding": "png"}),
     "webdataset-png": ("webdataset", {"encoding": "png"}),
     "webdataset-jpeg": ("webdataset", {"encoding": "jpeg"}),
 }

@@ -40,7 +40,7 @@ class Mapped:
                 self.pixels = pixels.reshape(part.count, *part.shape)
             else:
                 self.offsets = np.frombuffer(images.buffers()[1], np.int64, part.count + 1)
-                self.data = memoryview(images.buffers()[2])
+                self.data = memoryview(images.buffers()[2]).cast("B")  # pyarrow's are signed bytes ("b")
         except BaseException as error:
             self.file.close()
             if isinstance(error, pa.ArrowException):  # ArrowInvalid is a ValueError too: name the damage

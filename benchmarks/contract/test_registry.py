@@ -15,6 +15,8 @@ BAD_VALUES = {  # an option value each built-in backend refuses
     "jpeg": {"quality": 0},
     "arrow": {"encoding": "webp"},
     "webdataset": {"shard_size": 0},
+    "parquet": {"compression": "lzo"},
+    "sqlite": {"encoding": "webp"},
 }
 
 
