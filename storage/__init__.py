@@ -61,6 +61,8 @@ VARIANTS = {
     "sqlite-png": ("sqlite", {"encoding": "png"}),
     "webdataset-png": ("webdataset", {"encoding": "png"}),
     "webdataset-jpeg": ("webdataset", {"encoding": "jpeg"}),
+    "zarr-zstd": ("zarr", {"compressor": "zstd"}),
+    "zarr-sharded": ("zarr", {"shard_images": 1024}),  # one image a chunk, 1,024 a shard file
 }
 MODES = ("r", "a", "w", "x")
 

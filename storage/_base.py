@@ -162,7 +162,8 @@ class Store(ABC):
         one (a kill can leave the hidden one behind), and a failed one leaves nothing.
         """
         if replace and cls.capabilities.directory:
-            own = {*cls.files(location), cls.writer_lock(location)}
+            own = {location / file.relative_to(location).parts[0] for file in cls.files(location)}  # parts: dirs too
+            own.add(cls.writer_lock(location))
             foreign = sorted(entry.name for entry in location.iterdir() if entry not in own)
             if foreign:
                 raise ValueError(

@@ -17,6 +17,7 @@ BAD_VALUES = {  # an option value each built-in backend refuses
     "webdataset": {"shard_size": 0},
     "parquet": {"compression": "lzo"},
     "sqlite": {"encoding": "webp"},
+    "zarr": {"chunk_images": 0},
 }
 
 

@@ -461,8 +461,8 @@ class StoreContract:
             copy = tmp_path / "copy"
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(template, copy)
-            (copy / file.name).unlink()
-            os.mkfifo(copy / file.name)
+            (copy / file.relative_to(template)).unlink()
+            os.mkfifo(copy / file.relative_to(template))
             outcome = run_forked(functools.partial(open_and_read, self.backend, copy), timeout=10)
             assert not outcome.timed_out, f"{file.name}: {outcome.describe()}"
             assert outcome.signal is None, f"{file.name}: {outcome.describe()}"

@@ -94,7 +94,9 @@ def strangers(name: str, directory: Path) -> list[str]:
     own = {directory / "ballast"}
     for entry in directory.iterdir():
         if backend.is_store(entry):
-            own |= {entry, *backend.files(entry), backend.store_class.writer_lock(entry)}
+            files = backend.files(entry)  # and the directories they lie in, below the store's own
+            own |= {entry, *files, *(up for file in files for up in file.parents if entry in up.parents)}
+            own.add(backend.store_class.writer_lock(entry))
     return sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path not in own)
 
 
