@@ -147,7 +147,8 @@ def test_a_truncated_raw_chunk_is_damage(tmp_path):
     [
         (lambda meta: meta.update(shape=[400, 6, 5, 3]), "as the manifest says"),
         (lambda meta: meta.update(shape=[40, 6, 5]), "dimensions"),
-        (lambda meta: meta.update(data_type="uint16"), "as the manifest says"),
+        # newer zarr refuses a 2-byte type whose bytes codec names no endianness before this module can compare
+        (lambda meta: meta.update(data_type="uint16"), "as the manifest says|endian"),
         (lambda meta: meta["chunk_grid"]["configuration"].update(chunk_shape=[2**40, 6, 5, 3]), "chunks"),
         (lambda meta: meta["chunk_grid"]["configuration"].update(chunk_shape=[8, 1, 5, 3]), "chunks"),
         (lambda meta: meta["codecs"].append({"name": "gzip", "configuration": {"level": 1}}), "codecs"),
