@@ -20,6 +20,7 @@ from storage._durable import fsync_path, move_into_place, taking_turns
 from storage._errors import damage_reported
 from storage._reading import Batch
 from storage.codecs import RAW, Codec
+from storage.codecs import get as get_codec
 
 Images = Union[np.ndarray, Sequence[np.ndarray]]
 Ids = Union[Sequence[int], slice, None]
@@ -47,6 +48,20 @@ class Options:
     def codec(self) -> Codec:
         """How new images are encoded."""
         return RAW
+
+
+@dataclass(frozen=True)
+class EncodingOptions(Options):
+    """`encoding`: how new images are held, a name from ``storage.codecs.CODECS`` ("raw" pixels by default)."""
+
+    encoding: str = "raw"
+
+    def __post_init__(self) -> None:
+        get_codec(self.encoding)  # ValueError naming the known encodings
+
+    @property
+    def codec(self) -> Codec:
+        return get_codec(self.encoding)
 
 
 class ReadersOrWriter:

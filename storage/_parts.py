@@ -19,15 +19,15 @@ import shutil
 import stat
 from abc import abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from storage import codecs
-from storage._base import Capabilities, Options, Store
+from storage._base import Capabilities, EncodingOptions, Store
 from storage._durable import (
+    STAGING,
     fsync_path,
     make_durable,
     read_own,
@@ -60,20 +60,6 @@ class Part(NamedTuple):
     @property
     def image_bytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
-
-
-@dataclass(frozen=True)
-class EncodingOptions(Options):
-    """`encoding`: how new images are held, a name from ``storage.codecs.CODECS`` ("raw" pixels by default)."""
-
-    encoding: str = "raw"
-
-    def __post_init__(self) -> None:
-        codecs.get(self.encoding)  # ValueError naming the known encodings
-
-    @property
-    def codec(self) -> Codec:
-        return codecs.get(self.encoding)
 
 
 class PartsStore(Store):
@@ -131,7 +117,7 @@ class PartsStore(Store):
             path = Path(entry.path)
             if entry.name == MANIFEST or path == cls.writer_lock(location):
                 found.append(path)
-            elif part_name.fullmatch(entry.name.split(".tmp-")[0]):  # a part or its staging copy
+            elif part_name.fullmatch(entry.name.split(STAGING)[0]):  # a part or its staging copy
                 found.extend(_tree(path) if entry.is_dir(follow_symlinks=False) else [path])
         return [*found, *staging_leftovers(location / MANIFEST)]
 
@@ -215,6 +201,7 @@ class PartsStore(Store):
             self._handles.append(handle)
             self._label_runs.append(labels)
         self._starts = np.cumsum([0, *(part.count for part in self._parts)])
+        self._layouts = [(part.shape, part.dtype) for part in self._parts]
         self._labels = np.concatenate(self._label_runs) if self._label_runs else np.empty(0, np.int64)
 
     def _count(self) -> int:
@@ -227,28 +214,35 @@ class PartsStore(Store):
             for number, (batch, start, stop) in enumerate(zip(batches, bounds, bounds[1:]), len(self._parts)):
                 path = self.part_path(self.location, number)
                 staging = staging_path(path)
-                written.append(staging)
+                written += [staging, *self.part_files(self.location, number)]  # what a failure leaves, if anything
                 self._write_part(staging, batch, labels[start:stop])
                 if self.durable:
                     make_durable(_tree(staging), staging if self.part_is_directory else self.location)
                 if os.path.lexists(path):  # left by an interrupted append: never listed
                     _remove(path)
                 os.rename(staging, path)
-                written[-1] = path
                 new_parts.append(Part(len(batch), batch.shape[1:], batch.dtype, self.codec.name))
             if self.durable:
                 fsync_path(self.location)  # the parts' names are on disk before the manifest lists them
             manifest = self._manifest_bytes([*self._parts, *new_parts])
             replace_atomically(self.location / MANIFEST, manifest, self.durable)
         except BaseException:
-            for path in written:  # uncommitted: a full disk is left as it was
-                _remove(path)
+            if not self._committed_beyond(len(self._parts)):  # uncommitted: a full disk is left as it was
+                for path in written:
+                    _remove(path)
             raise
         self._add_parts(new_parts)
 
+    def _committed_beyond(self, count: int) -> bool:
+        """Whether the manifest on disk lists more than `count` parts: a failure after the rename (flushing the
+        directory, say) must not delete committed parts; when that cannot be told, they are kept."""
+        try:
+            return len(self._read_manifest(self.location / MANIFEST)) > count
+        except (OSError, ValueError):
+            return True
+
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
-        layouts = [(part.shape, part.dtype) for part in self._parts]
-        images = gather_runs(ids, self._starts, layouts, self._read_run)
+        images = gather_runs(ids, self._starts, self._layouts, self._read_run)
         return images, self._labels[ids]
 
     def _read_run(self, run: int, local: np.ndarray, out: np.ndarray) -> None:
@@ -271,6 +265,10 @@ def _own_size(path: Path, directory: bool) -> int:
     """Bytes in a part, which must be a regular file (or a directory of them), never a symlink out of the store."""
     info = os.lstat(path)
     if directory and stat.S_ISDIR(info.st_mode):
+        for root, directories, _ in os.walk(path):  # os.walk lists a symlinked directory but does not enter it
+            for name in directories:
+                if os.path.islink(os.path.join(root, name)):
+                    raise DamagedStoreError(f"{os.path.join(root, name)} is a symlink, not a directory of the store")
         return sum(_own_size(file, False) for file in _tree(path))
     if not stat.S_ISREG(info.st_mode):
         raise DamagedStoreError(f"{path} is not a regular file of the store")

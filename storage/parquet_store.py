@@ -48,8 +48,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage._base import EncodingOptions
 from storage._errors import DamagedStoreError
-from storage._parts import EncodingOptions, Part, PartsStore, decode_into
+from storage._parts import Part, PartsStore, decode_into
 from storage._reading import is_consecutive
 
 COMPRESSIONS = ("snappy", "gzip", "brotli", "lz4", "zstd")  # Parquet's codecs, as pyarrow names them

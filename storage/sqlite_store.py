@@ -39,7 +39,6 @@ import stat
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from storage import codecs
-from storage._base import Capabilities, Options, Store
+from storage._base import Capabilities, EncodingOptions, Options, Store
 from storage._durable import NO_FOLLOW
 from storage._errors import DamagedStoreError, damage_reported
 from storage._reading import Batch, is_consecutive, stack_or_list
@@ -63,24 +62,10 @@ TIMEOUT = 60.0  # seconds a connection waits for a lock that another connection 
 LENGTH = getattr(sqlite3, "SQLITE_LIMIT_LENGTH", None)  # Python 3.11+ can set SQLite's limits
 
 
-@dataclass(frozen=True)
-class SqliteOptions(Options):
-    """`encoding`: how new rows hold pixels, "raw" or "png" (any store reads both)."""
-
-    encoding: str = "raw"
-
-    def __post_init__(self) -> None:
-        codecs.get(self.encoding)
-
-    @property
-    def codec(self) -> codecs.Codec:
-        return codecs.get(self.encoding)
-
-
 class SqliteStore(Store):
     name = "sqlite"
     capabilities = Capabilities(directory=False, durability="library")
-    Options = SqliteOptions
+    Options = EncodingOptions
 
     @classmethod
     def writer_lock(cls, location: Path) -> None:

@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
+from storage._base import EncodingOptions
 from storage._durable import NO_FOLLOW, STAGING, fsync_path, read_own, write_new
 from storage._errors import DamagedStoreError
-from storage._parts import EncodingOptions, Part, PartsStore, decode_into
+from storage._parts import Part, PartsStore, decode_into
 from storage._reading import is_consecutive, read_buffer
 
 BLOCK = tarfile.BLOCKSIZE  # 512: tar headers and member data start on these
@@ -236,19 +237,11 @@ class WebDatasetStore(PartsStore):
         return [shard, index_path(shard)]
 
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
-        """Runs split into shards of at most `shard_size` images, then written as the skeleton does; the indexes
-        of shards that were not committed are deleted with them."""
+        """Runs split into shards of at most `shard_size` images, then written as the skeleton does."""
         size = self.options.shard_size
         shards = [batch[start : start + size] for batch in batches for start in range(0, len(batch), size)]
         self._next_id = self._count()  # the key of the next image written
-        self._new_indexes: list[Path] = []
-        try:
-            super()._append(shards, labels)
-        except BaseException:
-            for index in self._new_indexes:
-                if not os.path.lexists(index.with_name(index.name[: -len(INDEX_SUFFIX)])):  # its shard is gone
-                    index.unlink(missing_ok=True)
-            raise
+        super()._append(shards, labels)
 
     def _write_part(self, path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         part = Part(len(images), images.shape[1:], images.dtype, self.codec.name)
@@ -266,7 +259,6 @@ class WebDatasetStore(PartsStore):
                 add_member(tar, f"{key}.{extension}", data, mtime)
                 table[position, :2] = file.tell() - -(-len(data) // BLOCK) * BLOCK, len(data)  # data, then padding
         index = index_path(path.with_name(path.name.split(STAGING)[0]))
-        self._new_indexes.append(index)  # before writing: a write that fails midway leaves a file too
         buffer = io.BytesIO()
         npy.write_array(buffer, table, version=(1, 0), allow_pickle=False)
         write_new(index, buffer.getvalue())

@@ -125,9 +125,6 @@ class Opened:
 
     def __init__(self, path: Path, part: Part) -> None:
         self.path = path
-        for name in ("images", "labels"):  # real directories: zarr must not be led out of the store
-            if not stat.S_ISDIR(os.lstat(path / name).st_mode):
-                raise DamagedStoreError(f"{path / name} is not a directory of the part")
         with zarr_errors(path):
             group = zarr.open_group(LocalStore(path, read_only=True), mode="r", zarr_format=3, use_consolidated=False)
             self.images, labels = group["images"], group["labels"]

@@ -3,13 +3,15 @@ straight out of the memory map."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 import storage
-from storage.testing import StoreContract
+from storage.testing import StoreContract, assert_read_match
 
 IMAGES = np.arange(3 * 4 * 5 * 3, dtype=np.uint8).reshape(3, 4, 5, 3)
 
@@ -44,3 +46,22 @@ def test_encoded_parts_hold_the_encoded_files(tmp_path):
         table = pa.ipc.open_file(file).read_all()
     assert table.schema.field("image").type == pa.large_binary()
     assert all(record.startswith(b"\x89PNG") for record in table.column("image").to_pylist())
+
+
+def test_an_error_after_the_manifest_was_replaced_keeps_the_committed_parts(tmp_path, monkeypatch):
+    """Flushing the directory can fail after the new manifest is in place: the parts it lists must stay."""
+    from storage import _parts
+
+    replace = _parts.replace_atomically
+
+    def replace_then_fail(*args, **kwargs):
+        replace(*args, **kwargs)
+        raise OSError(errno.EIO, "the directory could not be flushed")
+
+    with storage.open("arrow", tmp_path / "store", "x") as store:
+        store.append(IMAGES[:1], [1])
+        monkeypatch.setattr(_parts, "replace_atomically", replace_then_fail)
+        with pytest.raises((OSError, storage.DamagedStoreError), match="could not be flushed"):  # as append reports it
+            store.append(IMAGES[1:], [2, 3])
+    with storage.open("arrow", tmp_path / "store") as store:
+        assert_read_match(store, None, list(IMAGES), [1, 2, 3])
