@@ -10,6 +10,8 @@ of a part lie back to back in the file: a read copies them straight from the mem
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +22,57 @@ from storage._parts import Part, PartsStore, decode_into
 from storage._reading import is_consecutive
 
 
+@contextmanager
+def arrow_damage(path: Path, kind: str) -> Iterator[None]:
+    """pyarrow's errors about a damaged file (ArrowInvalid is a ValueError too, and a column name that is no UTF-8
+    a UnicodeDecodeError) as DamagedStoreError naming the part; MemoryError passes (ArrowMemoryError too)."""
+    try:
+        yield
+    except (DamagedStoreError, MemoryError):
+        raise
+    except (pa.ArrowException, ValueError) as error:
+        raise DamagedStoreError(f"{path} is a damaged {kind} file ({type(error).__name__}: {error})") from None
+
+
+def layout_metadata(part: Part) -> dict[str, str]:
+    """Schema metadata that repeats a part's image layout, so that the file alone makes sense."""
+    return {"image_layout": json.dumps({"shape": list(part.shape), "dtype": part.dtype.str, "encoding": part.encoding})}
+
+
+def pixel_column(images: np.ndarray) -> pa.Array:
+    """Raw images as a fixed_size_binary column over their own memory (no copy)."""
+    pixels = pa.py_buffer(images.reshape(-1).view(np.uint8))
+    return pa.Array.from_buffers(pa.binary(images[0].nbytes), len(images), [None, pixels])
+
+
 class Mapped:
     """An open part: its memory map, and the columns read through it."""
 
     def __init__(self, path: Path, part: Part) -> None:
         self.file = pa.memory_map(str(path))  # arrow keeps the map alive while a buffer of it is in use
         try:
-            reader = pa.ipc.open_file(self.file)
-            if reader.num_record_batches != 1 or reader.schema != schema(part):
-                raise DamagedStoreError(f"{path} is not the Arrow file its manifest describes")
-            batch = reader.get_batch(0)
-            batch.validate(full=True)  # offsets and lengths within their buffers, before any is used
-            images, labels = batch.column(0), batch.column(1)
-            if batch.num_rows != part.count or images.null_count or labels.null_count or images.offset:
-                raise DamagedStoreError(f"{path} does not hold {part.count} images with labels")
-            self.labels = labels.to_numpy().copy()
-            if part.encoding == "raw":
-                pixels = np.frombuffer(images.buffers()[1], part.dtype, part.count * int(np.prod(part.shape)))
-                self.pixels = pixels.reshape(part.count, *part.shape)
-            else:
-                self.offsets = np.frombuffer(images.buffers()[1], np.int64, part.count + 1)
-                self.data = memoryview(images.buffers()[2]).cast("B")  # pyarrow's are signed bytes ("b")
-        except BaseException as error:
+            with arrow_damage(path, "Arrow"):
+                self._read_columns(path, part)
+        except BaseException:
             self.file.close()
-            if isinstance(error, pa.ArrowException):  # ArrowInvalid is a ValueError too: name the damage
-                raise DamagedStoreError(f"{path} is a damaged Arrow file ({error})") from None
             raise
+
+    def _read_columns(self, path: Path, part: Part) -> None:
+        reader = pa.ipc.open_file(self.file)
+        if reader.num_record_batches != 1 or reader.schema != schema(part):
+            raise DamagedStoreError(f"{path} is not the Arrow file its manifest describes")
+        batch = reader.get_batch(0)
+        batch.validate(full=True)  # offsets and lengths within their buffers, before any is used
+        images, labels = batch.column(0), batch.column(1)
+        if batch.num_rows != part.count or images.null_count or labels.null_count or images.offset:
+            raise DamagedStoreError(f"{path} does not hold {part.count} images with labels")
+        self.labels = labels.to_numpy().copy()
+        if part.encoding == "raw":
+            pixels = np.frombuffer(images.buffers()[1], part.dtype, part.count * int(np.prod(part.shape)))
+            self.pixels = pixels.reshape(part.count, *part.shape)
+        else:
+            self.offsets = np.frombuffer(images.buffers()[1], np.int64, part.count + 1)
+            self.data = memoryview(images.buffers()[2]).cast("B")  # pyarrow's are signed bytes ("b")
 
     def records(self, local: np.ndarray):
         for image_id in local.tolist():
@@ -55,10 +82,9 @@ class Mapped:
 def schema(part: Part) -> pa.Schema:
     """The schema of a part's IPC file."""
     image = pa.binary(part.image_bytes) if part.encoding == "raw" else pa.large_binary()
-    layout = {"shape": list(part.shape), "dtype": part.dtype.str, "encoding": part.encoding}
     return pa.schema(
         [pa.field("image", image, nullable=False), pa.field("label", pa.int64(), nullable=False)],
-        metadata={"image_layout": json.dumps(layout)},
+        metadata=layout_metadata(part),
     )
 
 
@@ -69,8 +95,7 @@ class ArrowStore(PartsStore):
     def _write_part(self, path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         part = Part(len(images), images.shape[1:], images.dtype, self.codec.name)
         if part.encoding == "raw":
-            pixels = pa.py_buffer(images.reshape(-1).view(np.uint8))  # no copy
-            column = pa.Array.from_buffers(pa.binary(part.image_bytes), part.count, [None, pixels])
+            column = pixel_column(images)
         else:
             column = pa.array([self.codec.encode(image) for image in images], pa.large_binary())
         batch = pa.record_batch([column, pa.array(labels, pa.int64())], schema=schema(part))

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from storage._base import EncodingOptions
 from storage._errors import DamagedStoreError
 from storage._parts import Part, PartsStore, decode_into
 from storage._reading import is_consecutive
+from storage.arrow_store import arrow_damage, layout_metadata, pixel_column
 
 COMPRESSIONS = ("snappy", "gzip", "brotli", "lz4", "zstd")  # Parquet's codecs, as pyarrow names them
 # Hugging Face's Image feature: its Arrow type, and the schema metadata that makes `datasets` read the column as one.
@@ -92,8 +92,7 @@ class ParquetOptions(EncodingOptions):
 
 def schema(part: Part) -> pa.Schema:
     """The Arrow schema of a part's Parquet file, with the metadata that describes its images."""
-    layout = {"shape": list(part.shape), "dtype": part.dtype.str, "encoding": part.encoding}
-    metadata = {"image_layout": json.dumps(layout)}
+    metadata = layout_metadata(part)
     if part.encoding == "raw":
         fields = [pa.field("image", pa.binary(part.image_bytes), nullable=False), pa.field("label", pa.int64(), False)]
     else:  # as `datasets` writes an Image feature: nullable columns, and its features in the metadata
@@ -102,24 +101,12 @@ def schema(part: Part) -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
-@contextmanager
-def damage_named(path: Path) -> Iterator[None]:
-    """Report pyarrow's errors about a damaged file (an ArrowException, or a ValueError such as the
-    UnicodeDecodeError of a column name that is not UTF-8) as a DamagedStoreError that names the part."""
-    try:
-        yield
-    except (DamagedStoreError, MemoryError):  # ArrowMemoryError is an ArrowException too: an allocation failed
-        raise
-    except (pa.ArrowException, ValueError) as error:
-        raise DamagedStoreError(f"{path} is a damaged Parquet file ({type(error).__name__}: {error})") from None
-
-
 class Opened:
     """An open part: its Parquet file, where each row group starts, and its labels."""
 
     def __init__(self, path: Path, part: Part) -> None:
         self.path = path
-        with damage_named(path):
+        with arrow_damage(path, "Parquet"):
             self.file = pq.ParquetFile(
                 str(path),
                 memory_map=True,
@@ -128,7 +115,7 @@ class Opened:
                 thrift_container_size_limit=min(part.count + FOOTER_LISTS, THRIFT_LIMIT),
             )
         try:
-            with damage_named(path):
+            with arrow_damage(path, "Parquet"):
                 self.starts, self.labels = self._check(part)
         except BaseException:
             self.file.close()
@@ -159,7 +146,7 @@ class Opened:
             lengths = self.starts[needed + 1] - self.starts[needed]
             firsts = np.cumsum(lengths) - lengths  # where each row group starts in what is read
             rows = local - self.starts[groups] + firsts[np.searchsorted(needed, groups)]
-        with damage_named(self.path):
+        with arrow_damage(self.path, "Parquet"):
             column = self.file.read_row_groups(needed.tolist(), columns=["image"], use_threads=False).column(0)
         if len(column) != (self.starts[needed + 1] - self.starts[needed]).sum() or column.null_count:
             raise DamagedStoreError(f"{self.path} has row groups that do not hold the rows its footer lists")
@@ -219,8 +206,7 @@ class ParquetStore(PartsStore):
 
     def _row_group(self, part: Part, images: np.ndarray, labels: np.ndarray) -> pa.Table:
         if part.encoding == "raw":
-            pixels = pa.py_buffer(images.reshape(-1).view(np.uint8))  # no copy
-            column = pa.Array.from_buffers(pa.binary(part.image_bytes), len(images), [None, pixels])
+            column = pixel_column(images)
         else:
             files = pa.array([self.codec.encode(image) for image in images], pa.binary())
             column = pa.StructArray.from_arrays([files, pa.nulls(len(images), pa.string())], fields=list(HF_IMAGE))
