@@ -13,6 +13,8 @@ import io
 import math
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
@@ -155,12 +157,8 @@ class Png(Codec):
         if self.library == "imagecodecs":
             import imagecodecs
 
-            try:
+            with undecodable("a stored PNG cannot be decoded"):  # PngError; a UnicodeDecodeError of libpng's message
                 return imagecodecs.png_decode(data)
-            except MemoryError:
-                raise
-            except Exception as error:  # PngError, and a UnicodeDecodeError of libpng's message for some damage
-                raise DamagedStoreError(f"a stored PNG cannot be decoded ({type(error).__name__}: {error})") from None
         from PIL import Image
 
         with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
@@ -217,12 +215,8 @@ class Jpeg(Codec):
         """Decoded from memory, after checking that its header states the recorded size and channels: a forged size
         is refused before anything of that size is allocated. Without `shape` and `dtype`, the image as the file has
         it (grey files are 2-D)."""
-        try:
+        with undecodable("a stored JPEG has no readable header"):
             height, width, colours, _ = simplejpeg.decode_jpeg_header(data)
-        except MemoryError:
-            raise
-        except Exception as error:  # libjpeg-turbo's errors are ValueErrors; anything else is damage too
-            raise DamagedStoreError(f"a stored JPEG has no readable header ({type(error).__name__}: {error})") from None
         channels = JPEG_COLOURS.get(colours)
         if channels is None:
             raise DamagedStoreError(f"a stored JPEG is in the {colours} colour space, which this codec never writes")
@@ -240,17 +234,25 @@ class Jpeg(Codec):
                 raise DamagedStoreError(
                     f"a stored JPEG holds a {height}x{width} image with {channels} channel(s), not {dtype} {shape}"
                 )
-        try:
+        with undecodable("a stored JPEG cannot be decoded"):
             array = simplejpeg.decode_jpeg(data, "GRAY" if channels == 1 else "RGB", strict=True)  # warnings raise
-        except MemoryError:
-            raise
-        except Exception as error:
-            raise DamagedStoreError(f"a stored JPEG cannot be decoded ({type(error).__name__}: {error})") from None
         if array.shape != (height, width, channels):
             raise DamagedStoreError(f"a stored JPEG decoded to {array.shape}, not the {height}x{width} of its header")
         if shape is None:
             return array.reshape(height, width) if channels == 1 else array
         return array.reshape(shape)
+
+
+@contextmanager
+def undecodable(message: str) -> Iterator[None]:
+    """Any error of a decoder library (libjpeg-turbo's and libpng's are ValueErrors) but MemoryError as
+    DamagedStoreError: the data is no image it can decode."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as error:
+        raise DamagedStoreError(f"{message} ({type(error).__name__}: {error})") from None
 
 
 def _jpeg_frame(data: Data) -> int | None:
