@@ -1,8 +1,11 @@
 """Root configuration: hypothesis profiles, and the benchmark grid plugin (benchmarks/plugin.py)."""
 
+import contextlib
 import os
+import secrets
 
 try:
+    import pytest
     import pytest_benchmark  # noqa: F401 - the benchmarks' plugin: its absence is named here, not as a bad option
     from hypothesis import HealthCheck, settings
 except ImportError as missing:
@@ -19,3 +22,44 @@ settings.register_profile(
 )
 settings.register_profile("stress", settings.get_profile("ci"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("s3", "object store")
+    group.addoption(
+        "--s3-endpoint",
+        help="URL of your own S3-compatible store for the S3 tests and benchmarks, instead of a SeaweedFS server "
+        "started for the run; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    )
+    group.addoption("--s3-bucket", default="images", help="bucket for --s3-endpoint (default: images)")
+
+
+@pytest.fixture(scope="session")
+def s3_root(request):
+    """``s3://bucket/prefix`` under which S3 tests and benchmarks put their stores, with the client's variables set
+    in the environment: a SeaweedFS server started for the run (stopped at its end), or --s3-endpoint's store. The
+    prefix is fresh, and whatever is left under it is deleted at the end."""
+    from storage.testing import places, seaweed
+
+    endpoint = request.config.getoption("--s3-endpoint")
+    with contextlib.ExitStack() as stack:
+        if endpoint:
+            variables = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": str(endpoint.startswith("http:")).lower()}
+            bucket = request.config.getoption("--s3-bucket")
+        else:
+            if seaweed.find_weed() is None:
+                pytest.skip(seaweed.MISSING)
+            server = stack.enter_context(seaweed.SeaweedServer())
+            variables, bucket = server.environment(), server.bucket
+        saved = {name: os.environ.get(name) for name in [*variables, places.S3_TEST_ROOT]}
+        root = f"s3://{bucket}/image-store-tests-{secrets.token_hex(4)}"
+        os.environ.update(variables, **{places.S3_TEST_ROOT: root})
+        try:
+            yield root
+            places.ObjectPlace(root).remove()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

@@ -40,6 +40,7 @@ class Preset:
     training: bool | None = False
     variants: bool = False  # every variant beside its backend, unless --backends says otherwise
     paired: bool = False  # counts[i] goes with sizes[i] only, rather than every count with every size
+    object_store: bool = False  # the backends whose stores live in an object store, rather than the local ones
 
 
 PRESETS = {
@@ -167,9 +168,16 @@ def grid(options: argparse.Namespace) -> Grid:
             dataset.check(max(counts))
         except ValueError as error:
             raise pytest.UsageError(f"{error}; choose counts with --image-counts") from None
-    backends = options.backends or storage.available(variants=preset.variants)
+    backends = options.backends or tuple(
+        name for name in storage.available(variants=preset.variants) if _kept(name, preset)
+    )
     paired = preset.paired and not (options.image_counts or options.image_sizes or dataset.kind != "synthetic")
     return Grid(backends, counts, sizes, dataset, preset.training, paired)
+
+
+def _kept(name: str, preset: Preset) -> bool:
+    """Whether a preset runs a backend by default: object-store backends in the object-store presets only."""
+    return storage.backend(name).capabilities.local != preset.object_store
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
     config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
+    config.addinivalue_line("markers", "s3: against a real S3 server (SeaweedFS, started for the run)")
     config.addinivalue_line("markers", "training: how training reads; runs with --preset=training (and smoke)")
     config.stash[GRID] = grid(config.option)  # a combination that makes no grid stops the run here
     config.stash[ROWS] = []

@@ -41,6 +41,8 @@ REGISTRY = {
     "parquet": "storage.parquet_store:ParquetStore",
     "webdataset": "storage.webdataset_store:WebDatasetStore",
     "zarr": "storage.zarr_store:ZarrStore",
+    "s3": "storage.s3_store:S3Store",
+    "s3-shards": "storage.s3_shards_store:S3ShardsStore",
 }
 # name -> (backend, write options): the same format written another way, benchmarked as its own row.
 VARIANTS = {
@@ -107,7 +109,11 @@ class Backend:
         return open(self.name, location, mode, durable=durable, **options)
 
     def is_store(self, location: str | os.PathLike) -> bool:
-        return self.store_class.is_store(self.store_class.locate(location))
+        try:
+            located = self.store_class.locate(location)
+        except ValueError:  # a location of another kind: a local path, for a backend of an object store
+            return False
+        return self.store_class.is_store(located)
 
     def files(self, location: str | os.PathLike) -> list:
         return self.store_class.files(self.store_class.locate(location))

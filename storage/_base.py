@@ -38,6 +38,7 @@ class Capabilities:
     lock_files: tuple[str, ...] = ()  # files in the store that even a read-only open may write
     local: bool = True  # files on a local filesystem (else objects in an object store)
     checksummed: bool = False  # stored pixels carry a checksum, so a changed byte is reported, not returned
+    fork_safe: bool = True  # a process forked after the library ran here can use it (else start workers by spawn)
 
 
 @dataclass(frozen=True)

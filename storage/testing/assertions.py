@@ -11,7 +11,9 @@ from typing import Union
 
 import numpy as np
 
+import storage
 from storage.codecs import Codec
+from storage.testing.places import object_place
 
 Tolerance = Union[Codec, float, None]  # a codec, a least PSNR in dB, or None for bit-exact
 
@@ -79,6 +81,11 @@ def assert_read_match(
 
 @contextlib.contextmanager
 def store_path(prefix: str = "store") -> Iterator[Path]:
-    """A path for a new store inside a fresh temporary directory (safe in hypothesis tests, unlike tmp_path)."""
+    """A path for a new store inside a fresh temporary directory (safe in hypothesis tests, unlike tmp_path); for a
+    `prefix` naming a backend whose stores live in an object store, a fresh place there."""
+    if prefix in storage.available() and not storage.backend(prefix).capabilities.local:
+        with object_place() as place:
+            yield place / "store"
+        return
     with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as directory:
         yield Path(directory) / "store"

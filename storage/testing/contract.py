@@ -9,10 +9,12 @@ labels always exactly. Generic tests ask a store's capabilities and codec, never
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import io
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -40,6 +42,14 @@ from storage.testing.isolation import run_forked
 from storage.testing.strategies import REQUIRED, batches, image_shape, labelled, layouts, mixed_images, rejected_layouts
 
 needs_fork = pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
+
+
+def local_only(test: Callable) -> Callable:
+    """Mark a test of local files (symlinks, FIFOs, file systems): skipped for stores in an object store."""
+    test.local_only = True
+    return test
+
+
 DOCUMENTED_ERRORS = ("DamagedStoreError", "ValueError", "FileNotFoundError")  # what a damaged store may raise
 HEADROOM = 1 << 30  # a reader may map 1 GiB more than the test process: a forged size needs far more
 PREFERRED = ((np.dtype("u1"), 3), (np.dtype("u1"), None), (np.dtype("u2"), None))  # sample layouts, best first
@@ -71,8 +81,11 @@ def tolerance_of(names: list[str]) -> Tolerance:
     return min(bounds) if bounds else codecs.RAW
 
 
-def snapshot(store: storage.Store) -> dict[str, int]:
-    """Every file in the store's directory (or beside its file) with its size, but files a reader may touch."""
+def snapshot(store: storage.Store) -> dict[str, int | None]:
+    """Every file in the store's directory (or beside its file) with its size, but files a reader may touch; every
+    object of a store in an object store."""
+    if not store.capabilities.local:
+        return dict.fromkeys(store.files(store.path))
     root = store.path if store.capabilities.directory else store.path.parent
     return {
         str(path): path.stat().st_size
@@ -174,8 +187,16 @@ class StoreContract:
             metafunc.parametrize(("name", "layout"), cases, ids=ids)
         elif "name" in metafunc.fixturenames:
             metafunc.parametrize("name", names)
-        if "other" in metafunc.fixturenames:
-            metafunc.parametrize("other", [f for f in storage.available(variants=False) if f != self.backend])
+        if "other" in metafunc.fixturenames:  # other backends whose stores live where this one's do
+            local = storage.backend(self.backend).capabilities.local
+            others = [f for f in storage.available(variants=False) if f != self.backend]
+            metafunc.parametrize("other", [f for f in others if storage.backend(f).capabilities.local == local])
+
+    @pytest.fixture(autouse=True)
+    def _skip_local_only(self, request: pytest.FixtureRequest) -> None:
+        test = getattr(getattr(request.function, "hypothesis", None), "inner_test", request.function)
+        if getattr(test, "local_only", False) and not storage.backend(self.backend).capabilities.local:
+            pytest.skip("a test of local files: this backend's stores live in an object store")
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         """Give the subclass its own ``@given`` copy of each test that draws data, made now: with the settings
@@ -389,6 +410,7 @@ class StoreContract:
         assert not (tmp_path / "missing").exists()
 
     @pytest.mark.parametrize("make", [Path.mkdir, lambda path: path.write_bytes(b"")], ids=["directory", "file"])
+    @local_only
     def test_exclusive_create_on_existing_path_raises_file_exists(self, name: str, tmp_path: Path, make) -> None:
         make(tmp_path / "taken")
         with pytest.raises(FileExistsError):
@@ -423,6 +445,7 @@ class StoreContract:
         ],
         ids=["file", "directory"],
     )
+    @local_only
     def test_something_that_is_no_store_is_refused_and_kept(self, name, mode, make, description, tmp_path) -> None:
         path = tmp_path / "thing"
         make(path)
@@ -433,6 +456,7 @@ class StoreContract:
 
     @needs_fork
     @pytest.mark.parametrize("mode", ["r", "a", "w", "x"])
+    @local_only
     def test_a_special_file_is_refused_without_waiting(self, name: str, mode: str, tmp_path: Path) -> None:
         """A FIFO at the path: reading it to see what it is would wait for a writer forever."""
         os.mkfifo(tmp_path / "fifo")
@@ -449,6 +473,7 @@ class StoreContract:
         assert run_forked(lambda: storage.detect(tmp_path / "fifo"), timeout=10).result is None
 
     @needs_fork
+    @local_only
     def test_a_fifo_in_place_of_a_file_of_the_store_is_refused_without_waiting(self, tmp_path: Path) -> None:
         """Each file of a directory store in turn replaced by a FIFO: opening and reading end at once, in success or
         a documented error (the store's own path is the test above)."""
@@ -468,6 +493,7 @@ class StoreContract:
             assert outcome.signal is None, f"{file.name}: {outcome.describe()}"
             assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{file.name}: {outcome.describe()}"
 
+    @local_only
     def test_a_store_stays_where_it_was_opened(self, name: str, tmp_path: Path, monkeypatch) -> None:
         """Opened by a relative path, it keeps reading and appending there after the working directory moves."""
         images = sample_images(name, count=4)
@@ -484,6 +510,7 @@ class StoreContract:
         with storage.open(name, tmp_path / "elsewhere" / "store") as other:
             assert_read_match(other, None, list(images[3:]), [9])
 
+    @local_only
     def test_a_store_opened_through_a_symlink_is_the_store(self, name: str, tmp_path: Path) -> None:
         images = sample_images(name, count=3)
         with storage.open(name, tmp_path / "store", "x") as store:
@@ -495,6 +522,7 @@ class StoreContract:
         with storage.open(name, tmp_path / "store") as store:
             assert_read_match(store, None, list(images), [1, 2, 3])
 
+    @local_only
     def test_symlinks_planted_in_a_store_are_not_followed(self, name: str, tmp_path: Path) -> None:
         """Each file of a store, and a staging name of each (as a killed writer leaves it), in turn made a symlink to
         a file outside: reading and appending either work on the store's own data or raise a documented error; the
@@ -590,6 +618,7 @@ class StoreContract:
 
     @needs_fork
     @draws_data(share=1.0)
+    @local_only
     def test_damaged_store_gives_documented_errors_only(self, tmp_path_factory, data: st.DataObject) -> None:
         """One file of a copy is truncated, flipped, replaced or deleted; opening and reading it in a forked
         child either works or raises a documented error."""
@@ -604,6 +633,7 @@ class StoreContract:
         assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{done}: {outcome.describe()}"
 
     @needs_fork
+    @local_only
     def test_undamaged_template_reads_in_a_forked_child(self, tmp_path_factory) -> None:
         """The harness itself: an intact store reads fine in the child, within the memory headroom."""
         template, count = damage_template(self.backend, tmp_path_factory)
@@ -611,6 +641,7 @@ class StoreContract:
         assert outcome.result == count, outcome.describe()
 
     @needs_fork
+    @local_only
     def test_flipped_pixel_byte(self, name: str, tmp_path: Path) -> None:
         """A changed byte where the image's pixels (else its encoding) lie in the store's files: a checksummed
         store or codec reports it; others may give back the changed pixel, but nothing undocumented."""
@@ -656,18 +687,19 @@ class StoreContract:
 
         new_store(tmp_path / "timing")
         started = time.perf_counter()
-        pid, pipe = start_writer(self.backend, tmp_path / "timing")  # an undisturbed run sets the range of kill times
-        os.waitpid(pid, 0)
+        writer, pipe = start_writer(self.backend, tmp_path / "timing")  # an undisturbed run sets the kill times
+        writer.join()
         duration = time.perf_counter() - started
         assert completed_appends(pipe) == CRASH_APPENDS
         seeded = random.Random(f"crash-{self.backend}")
         for trial in range(CRASH_TRIALS):
             path = tmp_path / f"store-{trial}"
             new_store(path)
-            pid, pipe = start_writer(self.backend, path)
+            writer, pipe = start_writer(self.backend, path)
             time.sleep(seeded.uniform(0, duration))
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ProcessLookupError):  # a writer that ended already: a fork server reaped it
+                os.kill(writer.pid, signal.SIGKILL)
+            writer.join()
             reported = completed_appends(pipe)
             with storage.open(self.backend, path) as store:
                 assert len(store) % CRASH_BATCH == 0, f"trial {trial}: {len(store)} images, not whole batches"
@@ -687,26 +719,32 @@ class StoreContract:
         old store whole or a new empty one, and mode "a" opens it."""
         images = sample_images(self.backend)
         seeded = random.Random(f"creation-{self.backend}")
+        window = 0.01  # seconds: a fork starts at once; another start method at once too, its modules preloaded
         for trial in range(CREATION_TRIALS):
             path = tmp_path / f"store-{trial}"
             replacing = trial % 2 == 1
             if replacing:
                 with storage.open(self.backend, path, "x") as store:
                     store.append(images, [1, 2])
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    storage.open(self.backend, path, "w" if replacing else "x").close()
-                finally:
-                    os._exit(0)
-            time.sleep(seeded.uniform(0, 0.01))
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            creator = processes(self.backend).Process(target=create, args=(self.backend, path, "wx"[trial % 2 == 0]))
+            started = time.perf_counter()
+            creator.start()
+            if trial == 0:  # an undisturbed creation: kill times range over it
+                creator.join()
+                window = max(window, time.perf_counter() - started)
+                with storage.open(self.backend, path, "a") as store:
+                    assert len(store) == 0
+                continue
+            time.sleep(seeded.uniform(0, window))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(creator.pid, signal.SIGKILL)
+            creator.join()
             with storage.open(self.backend, path, "a") as store:
                 assert len(store) in ((0, 2) if replacing else (0,)), f"trial {trial}: {len(store)} images"
                 if len(store):
                     assert_read_match(store, None, list(images), [1, 2])
 
+    @local_only
     def test_replace_mode_keeps_a_directory_that_holds_other_files(self, name: str, tmp_path: Path) -> None:
         if not storage.backend(name).capabilities.directory:
             pytest.skip("a single-file store: mode 'w' replaces just that file")
@@ -720,6 +758,7 @@ class StoreContract:
         with storage.open(name, tmp_path / "store") as store:
             assert_read_match(store, None, list(images), [1, 2])
 
+    @local_only
     def test_a_full_disk_and_a_read_only_medium_lose_nothing(self, tmp_path: Path) -> None:
         """On small filesystems of their own: appending until the disk is full, and creating a store on the full
         disk, raise ENOSPC and leave the committed appends whole with no leftovers; read-only, the stores read
@@ -754,22 +793,18 @@ class StoreContract:
         path = tmp_path / "store"
         with storage.open(self.backend, path, "x", durable=False) as store:
             store.append(*numbered_batch(self.backend, 0, WRITE_BATCH))
-        numbers = {writer: range(1 + writer * WRITE_APPENDS, 1 + (writer + 1) * WRITE_APPENDS) for writer in (0, 1)}
-
-        def write(writer: int) -> int:
-            with storage.open(self.backend, path, "a", durable=False) as store:
-                for number in numbers[writer]:
-                    store.append(*numbered_batch(self.backend, number, WRITE_BATCH))
-            return len(numbers[writer])
-
-        second = os.fork()
-        if second == 0:
-            try:
-                write(1)
-            finally:
-                os._exit(0)
-        assert run_forked(lambda: write(0), timeout=60).result == WRITE_APPENDS
-        os.waitpid(second, 0)
+        writers = [
+            processes(self.backend).Process(
+                target=append_numbered,
+                args=(self.backend, path, range(1 + w * WRITE_APPENDS, 1 + (w + 1) * WRITE_APPENDS), WRITE_BATCH),
+            )
+            for w in (0, 1)
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(60)
+            assert writer.exitcode == 0, f"a writer ended with {writer.exitcode}"
         with storage.open(self.backend, path) as store:
             images, labels = store.read()
             codec = store.codec
@@ -817,37 +852,24 @@ class StoreContract:
             assert_read_match(store, None, expected_images, expected_labels)
 
     @needs_fork
-    def test_readers_see_a_consistent_prefix_while_a_writer_appends(self, tmp_path: Path) -> None:
+    def test_readers_see_a_consistent_prefix_while_a_writer_appends(self, tmp_path: Path, tmp_path_factory) -> None:
         """Two reader processes read while a third appends: every read is whole appends, never fewer than the
         reader saw before; afterwards every append is there."""
-        path, done = tmp_path / "store", tmp_path / "writer-done"
+        path, done = tmp_path / "store", tmp_path_factory.mktemp("signals") / "writer-done"
         with storage.open(self.backend, path, "x") as store:
             store.append(*numbered_batch(self.backend, 0, READ_BATCH))
 
-        def write() -> int:  # without fsync: readers see the page cache, so it changes nothing here but time
-            with storage.open(self.backend, path, "a", durable=False) as store:
-                for number in range(1, READ_APPENDS + 1):
-                    store.append(*numbered_batch(self.backend, number, READ_BATCH))
-                    time.sleep(0.005)  # let the readers in between appends too
-            return READ_APPENDS
-
-        reports = [tmp_path / f"reader-{number}.txt" for number in range(READERS)]
-        readers = []
-        for report in reports:
-            pid = os.fork()
-            if pid == 0:  # a reader: it writes what it saw, or what went wrong, to its report
-                try:
-                    report.write_text(f"ok {read_until(self.backend, path, done)}")
-                except BaseException as error:
-                    report.write_text(f"{type(error).__name__}: {error}")
-                finally:
-                    os._exit(0)
-            readers.append(pid)
-        written = run_forked(write, timeout=60)
+        start = processes(self.backend).Process
+        reports = [tmp_path_factory.mktemp("reports") / f"reader-{number}.txt" for number in range(READERS)]
+        readers = [start(target=report_reads, args=(self.backend, path, done, report)) for report in reports]
+        writer = start(target=append_numbered, args=(self.backend, path, range(1, READ_APPENDS + 1), READ_BATCH, 0.005))
+        for process in [*readers, writer]:
+            process.start()
+        writer.join(60)
         done.touch()
-        for pid in readers:
-            os.waitpid(pid, 0)
-        assert written.result == READ_APPENDS, written.describe()
+        for reader in readers:
+            reader.join(60)
+        assert writer.exitcode == 0, f"the writer ended with {writer.exitcode}"
         for report in reports:
             assert report.read_text().startswith("ok"), report.read_text()
         with storage.open(self.backend, path) as store:
@@ -891,27 +913,63 @@ def numbered_batches(family: str, appends: int, size: int) -> tuple[list[np.ndar
     return [image for images, _ in batches for image in images], [int(label) for _, ls in batches for label in ls]
 
 
-def start_writer(family: str, path: Path) -> tuple[int, int]:
-    """Fork a child that appends batches 1 to CRASH_APPENDS, writing a byte to a pipe after each; (pid, pipe)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            with storage.open(family, path, "a", durable=False) as store:
-                for number in range(1, CRASH_APPENDS + 1):
-                    store.append(*numbered_batch(family, number, CRASH_BATCH))
-                    os.write(write_end, b".")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    return pid, read_end
+def processes(family: str) -> multiprocessing.context.BaseContext:
+    """How the tests start processes that use `family`'s stores: forked, unless its library cannot run in a forked
+    child; then from a fork server that has imported the contract but used no store."""
+    if storage.backend(family).capabilities.fork_safe:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # children start in milliseconds: kill times stay meaningful
+    return context
 
 
-def completed_appends(pipe: int) -> int:
-    """How many appends a writer reported through `pipe` (read to its end)."""
-    with os.fdopen(pipe, "rb") as reports:
-        return len(reports.read())
+def create(family: str, path: Path, mode: str) -> None:
+    """Create (or replace) a store: what the killed-creation test interrupts."""
+    storage.open(family, path, mode).close()
+
+
+def append_numbered(family: str, path: Path, numbers: range, size: int, pause: float = 0.0, reports=None) -> None:
+    """Append the numbered batches `numbers` of `size` images, sending a byte through the connection `reports` after
+    each, pausing `pause` seconds between them."""
+    with storage.open(family, path, "a", durable=False) as store:
+        for number in numbers:
+            store.append(*numbered_batch(family, number, size))
+            if reports is not None:
+                reports.send_bytes(b".")
+            time.sleep(pause)
+
+
+def start_writer(family: str, path: Path):
+    """Start a process that appends batches 1 to CRASH_APPENDS, reporting after each; (process, connection)."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    appends = range(1, CRASH_APPENDS + 1)
+    writer = processes(family).Process(
+        target=append_numbered, args=(family, path, appends, CRASH_BATCH), kwargs={"reports": sender}
+    )
+    writer.start()
+    sender.close()
+    return writer, receiver
+
+
+def completed_appends(receiver) -> int:
+    """How many appends a writer, now ended, reported through `receiver`."""
+    count = 0
+    with receiver:
+        while receiver.poll(1.0):  # a pipe a killed writer's children still hold open would never end: a timeout
+            try:
+                receiver.recv_bytes()
+            except EOFError:
+                break
+            count += 1
+    return count
+
+
+def report_reads(family: str, path: Path, done: Path, report: Path) -> None:
+    """A reader process: writes what it saw, or what went wrong, to `report`."""
+    try:
+        report.write_text(f"ok {read_until(family, path, done)}")
+    except BaseException as error:
+        report.write_text(f"{type(error).__name__}: {error}")
 
 
 def read_until(family: str, path: Path, done: Path) -> list[int]:
