@@ -9,7 +9,20 @@ from pathlib import Path
 
 import storage
 
-LIBRARIES = ("numpy", "Pillow", "imagecodecs", "simplejpeg", "lmdb", "h5py", "pyarrow", "zarr", "pytest-benchmark")
+LIBRARIES = (
+    "numpy",
+    "Pillow",
+    "imagecodecs",
+    "simplejpeg",
+    "lmdb",
+    "h5py",
+    "pyarrow",
+    "zarr",
+    "tensorstore",
+    "webdataset",
+    "obstore",
+    "pytest-benchmark",
+)
 VOLATILE_CPU_FIELDS = ("hz_actual", "hz_actual_friendly")  # the live clock: differs on every run
 
 

@@ -65,6 +65,7 @@ VARIANTS = {
     "webdataset-jpeg": ("webdataset", {"encoding": "jpeg"}),
     "zarr-zstd": ("zarr", {"compressor": "zstd"}),
     "zarr-sharded": ("zarr", {"shard_images": 1024}),  # one image a chunk, 1,024 a shard file
+    "zarr-tensorstore": ("zarr", {"library": "tensorstore"}),  # the same parts, written and read through tensorstore
 }
 MODES = ("r", "a", "w", "x")
 

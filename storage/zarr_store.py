@@ -1,4 +1,4 @@
-"""Zarr: a directory of Zarr v3 groups, one a part, written and read through zarr's own API.
+"""Zarr: a directory of Zarr v3 groups, one a part, written and read through zarr's own API (or tensorstore's).
 
 Each part (see ``storage/_parts.py`` for the manifest that commits them) is a Zarr v3 group that zarr writes with
 its ``LocalStore`` at the part's path: the group's ``zarr.json``, an array ``images`` of shape (n, H, W[, C]) in
@@ -22,18 +22,36 @@ Unusual lines, and why:
 - zarr's errors about a part (bad JSON, an unknown codec, a chunk that fails to decode) become DamagedStoreError.
 - zarr 3 is needed (zarr 2 has another API): under zarr 2 this module does not import, so the registry does not
   list the backend.
+
+Option ``library="tensorstore"`` (the ``zarr-tensorstore`` variant) moves the pixels and labels through Google's
+tensorstore instead of zarr-python, to show what the choice of library costs for the very same parts. zarr still
+writes each part's metadata (both libraries write the same files: raw chunks and shards byte for byte) and still
+opens each part for the checks above; only then does tensorstore write or read the chunks, through its file driver
+on the array's own directory, held to the shape and dtype zarr checked, in a context whose cache keeps nothing
+(``cache_pool`` of 0: memory stays what a read asks for). It writes all-zero chunks too
+(``store_data_equal_to_fill_value``) and reads a chunk missing from a shard as an error
+(``fill_missing_data_reads``), where zarr reads zeros. Its errors about a part become DamagedStoreError, but one
+naming the system's error (``os_error_code``: a full disk, say) is that OSError. tensorstore aborts a process forked
+from one in which it ran, so there (a DataLoader worker forked after the store was read, say) the store reads and
+writes through zarr instead, with a RuntimeWarning. The option decides only which library moves the bytes: each
+reads what the other wrote.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
 import stat
 import struct
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import zarr
@@ -45,6 +63,11 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.core.buffer import default_buffer_prototype
 from zarr.errors import BaseZarrError
 from zarr.storage import LocalStore
+
+try:
+    import tensorstore
+except ImportError:  # the option's value "tensorstore" is then refused, and the registry hides the variant
+    tensorstore = None
 
 from storage._base import Options
 from storage._durable import NO_FOLLOW, fsync_path
@@ -61,6 +84,10 @@ SCRATCH_BYTES = 64 << 20  # a scattered read reads at most this much at a time
 MAX_STRETCHES = 16  # more stretches of chunks than this: one orthogonal selection (see read_into)
 KEYS = {"name": "default", "separator": "."}  # chunk keys c.0.0.0.0, flat in the array's directory
 ZSTD_MAGIC = 0xFD2FB528
+LIBRARIES = ("zarr", "tensorstore")  # what moves a part's bytes; the first is the default
+OS_ERROR = re.compile(r"\[os_error_code='(\d+)'\]")  # how tensorstore names the system's error in its message
+_tensorstore_ran_in: int | None = None  # the process in which this module first used tensorstore
+Pixels = Union[zarr.Array, "tensorstore.TensorStore"]  # a part's images array, opened by either library
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,7 @@ class ZarrOptions(Options):
     """`chunk_images`: images per chunk, or None: as many as make about 1 MiB (CHUNK_BYTES), or one with shards.
     `shard_images`: images per shard, a file of chunks with an index (zarr's sharding codec), a multiple of
     `chunk_images`; None: a file per chunk. `compressor`: None (raw chunks) or one of COMPRESSORS, not with shards.
+    `library`: what writes and reads the chunks, one of LIBRARIES; each reads what the other wrote.
 
     1 MiB chunks measured best for 10,000 images of 32x32x3 (341 a chunk): zarr spends about 0.2 ms on each chunk it
     reads, so smaller chunks make whole reads slow (64 images a chunk: 2.5 to 4 times as long), while larger ones
@@ -78,8 +106,13 @@ class ZarrOptions(Options):
     chunk_images: int | None = None
     shard_images: int | None = None
     compressor: str | None = None
+    library: str = LIBRARIES[0]
 
     def __post_init__(self) -> None:
+        if self.library not in LIBRARIES:
+            raise ValueError(f"library must be one of {', '.join(LIBRARIES)}, got {self.library!r}")
+        if self.library == "tensorstore" and tensorstore is None:
+            raise ValueError("library 'tensorstore' needs tensorstore, which is not installed")
         for option in ("chunk_images", "shard_images"):
             value = getattr(self, option)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -108,10 +141,11 @@ class ZarrOptions(Options):
 
 @contextmanager
 def zarr_errors(path: Path) -> Iterator[None]:
-    """zarr's complaints about a part (its ValueErrors too) as DamagedStoreError naming it; the system's OSErrors and
-    MemoryError pass."""
+    """zarr's and tensorstore's complaints about a part (their ValueErrors too) as DamagedStoreError naming it; the
+    system's OSErrors and MemoryError pass."""
     try:
-        yield
+        with system_errors(path):
+            yield
     except (DamagedStoreError, MemoryError):
         raise
     except Exception as error:
@@ -120,17 +154,73 @@ def zarr_errors(path: Path) -> Iterator[None]:
         raise DamagedStoreError(f"{path} is a damaged Zarr group ({type(error).__name__}: {error})") from error
 
 
-class Opened:
-    """An open part: its images array, and its labels, checked against the manifest before any chunk is read."""
+@contextmanager
+def system_errors(path: Path) -> Iterator[None]:
+    """A tensorstore error that names the system's (but a missing file's) as that OSError: a full disk, say."""
+    try:
+        yield
+    except ValueError as error:
+        code = OS_ERROR.search(str(error))
+        if code is None or int(code[1]) == errno.ENOENT:
+            raise
+        raise OSError(int(code[1]), f"{path}: {error}") from error
 
-    def __init__(self, path: Path, part: Part) -> None:
+
+def tensorstore_here(library: str) -> bool:
+    """Whether to move bytes through tensorstore: asked for, and not in a process forked after it ran here (it
+    would abort the process)."""
+    global _tensorstore_ran_in
+    if library != "tensorstore":
+        return False
+    if _tensorstore_ran_in in (None, os.getpid()):
+        _tensorstore_ran_in = os.getpid()
+        return True
+    warnings.warn(
+        "tensorstore ran in the process this one was forked from, and aborts a forked process: the zarr store"
+        " reads and writes through zarr-python here",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+@cache
+def context() -> tensorstore.Context:
+    """tensorstore's context for every part: a cache that keeps nothing."""
+    return tensorstore.Context({"cache_pool": {"total_bytes_limit": 0}})
+
+
+def tensorstore_array(array: zarr.Array, path: Path, write: bool = False) -> tensorstore.TensorStore:
+    """The array zarr opened (and checked) at `path`, opened again by tensorstore, held to its shape and dtype."""
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": f"{path}/", "file_io_sync": False},  # the store flushes, as for zarr
+        "fill_missing_data_reads": False,
+        "store_data_equal_to_fill_value": True,
+    }
+    opening = tensorstore.open(
+        spec, open=True, read=True, write=write, shape=array.shape, dtype=array.dtype, context=context()
+    )
+    return opening.result()
+
+
+class Opened:
+    """An open part: its images array, and its labels, checked against the manifest before any chunk is read;
+    `pixels`: the images array opened by tensorstore, or None to read through zarr."""
+
+    def __init__(self, path: Path, part: Part, library: str) -> None:
         self.path = path
         with zarr_errors(path):
             group = zarr.open_group(LocalStore(path, read_only=True), mode="r", zarr_format=3, use_consolidated=False)
             self.images, labels = group["images"], group["labels"]
             check(path, self.images, (part.count, *part.shape), part.dtype)
             check(path, labels, (part.count,), np.dtype(np.int64))
-            self.labels = labels[:]
+            self.pixels = None
+            if tensorstore_here(library):
+                self.pixels = tensorstore_array(self.images, path / "images")
+                self.labels = tensorstore_array(labels, path / "labels").read().result()
+            else:
+                self.labels = labels[:]
 
 
 def check(path: Path, array: zarr.Array, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -210,50 +300,71 @@ class ZarrStore(PartsStore):
         compressor = self.options.compressor
         group = zarr.create_group(LocalStore(path), zarr_format=3)
         common = {"chunk_key_encoding": KEYS, "config": {"write_empty_chunks": True}, "filters": None, "fill_value": 0}
-        group.create_array(
-            "images",
-            data=images,
-            chunks=(chunk, *shape),
-            shards=None if shard is None else (shard, *shape),
-            compressors=None if compressor is None else COMPRESSORS[compressor](),
-            **common,
-        )
-        group.create_array("labels", data=labels, chunks=(count,), compressors=None, **common)
+        arrays = {
+            "images": group.create_array(
+                "images",
+                shape=images.shape,
+                dtype=images.dtype,
+                chunks=(chunk, *shape),
+                shards=None if shard is None else (shard, *shape),
+                compressors=None if compressor is None else COMPRESSORS[compressor](),
+                **common,
+            ),
+            "labels": group.create_array(
+                "labels", shape=labels.shape, dtype=labels.dtype, chunks=(count,), compressors=None, **common
+            ),
+        }
+        through_tensorstore = tensorstore_here(self.options.library)
+        with system_errors(path):  # zarr wrote the metadata; either library writes the chunks it describes
+            for name, data in (("images", images), ("labels", labels)):
+                if through_tensorstore:
+                    tensorstore_array(arrays[name], path / name, write=True).write(data).result()
+                else:
+                    arrays[name][...] = data
         if self.durable:  # the skeleton flushes the files and the part's directory; the arrays' directories too
             for name in ("images", "labels"):
                 fsync_path(path / name)
 
     def _open_part(self, path: Path, part: Part) -> tuple[Opened, np.ndarray]:
-        opened = Opened(path, part)
+        opened = Opened(path, part, self.options.library)
         return opened, opened.labels
 
     def _read_part(self, handle: Opened, part: Part, local: np.ndarray, out: np.ndarray) -> None:
+        images = handle.pixels if handle.pixels is not None and tensorstore_here("tensorstore") else handle.images
         with zarr_errors(handle.path):
-            read_into(handle.images, part, local, out)
+            read_into(images, handle.images.chunks[0], part, local, out)
 
 
-def read_into(images: zarr.Array, part: Part, local: np.ndarray, out: np.ndarray) -> None:
-    """Fill `out` with the images at `local`, in that order."""
+def read_into(images: Pixels, chunk: int, part: Part, local: np.ndarray, out: np.ndarray) -> None:
+    """Fill `out` with the images at `local`, in that order, from `images` in chunks of `chunk` images."""
     if is_consecutive(local):
-        images.get_basic_selection(slice(int(local[0]), int(local[-1]) + 1), out=as_zarr(out))
+        fill(images, slice(int(local[0]), int(local[-1]) + 1), out)
         return
-    # zarr's orthogonal selection gathers element by element (numpy's ix_ over every axis), 5x slower here than
-    # reading each stretch of touched chunks as one slice and taking the images from it; but each call costs
-    # about what reading a small chunk does, so many stretches are read as one orthogonal selection after all.
+    # Both libraries gather a selection element by element (zarr through numpy's ix_ over every axis, tensorstore
+    # at about 0.5 GB/s), 4 to 10 times slower for big images than reading each stretch of touched chunks as one
+    # slice and taking the images from it; but each call costs about what reading a small chunk does, so many
+    # stretches are read as one selection after all.
     order = np.argsort(local, kind="stable")
     wanted = local[order]
-    chunk = images.chunks[0]
     window = max(chunk, SCRATCH_BYTES // part.image_bytes // chunk * chunk)
     cuts = np.flatnonzero((np.diff(wanted // chunk) > 1) | (np.diff(wanted // window) != 0)) + 1
     if len(cuts) >= MAX_STRETCHES:
-        images.get_orthogonal_selection((local,), out=as_zarr(out))
+        fill(images, local, out)
         return
     for positions in np.split(np.arange(len(wanted)), cuts):
         first, last = int(wanted[positions[0]]), int(wanted[positions[-1]])
-        stretch = images.get_basic_selection(slice(first, last + 1))
+        stretch = fill(images, slice(first, last + 1), None)
         out[order[positions]] = stretch[wanted[positions] - first]
 
 
-def as_zarr(out: np.ndarray) -> object:
-    """`out` as the NDBuffer that zarr fills in place."""
-    return default_buffer_prototype().nd_buffer.from_numpy_array(out)
+def fill(images: Pixels, selection: slice | np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """Read `selection` (a slice, or ids along the first axis) of `images` into `out` in place; None: a new array."""
+    if isinstance(images, zarr.Array):
+        buffer = None if out is None else default_buffer_prototype().nd_buffer.from_numpy_array(out)
+        if isinstance(selection, slice):
+            return images.get_basic_selection(selection, out=buffer)
+        return images.get_orthogonal_selection((selection,), out=buffer)
+    if out is None:
+        return images[selection].read().result()
+    tensorstore.array(out, copy=False, write=True).write(images[selection]).result()  # copied straight into `out`
+    return out
