@@ -7,6 +7,9 @@ backend: an append writes the pixel bytes (no labels) and fsyncs when durable; a
 the whole file into a fresh buffer placed for a fast copy, as the backends' reads are, and
 returns it with no labels.
 
+`OBJECT_FLOOR`, the `limit` row of the object-store tables: the same pixel bytes as one object, stored with one
+PUT and read with one GET.
+
 `CodecFloor(codec)`, the `limit-<codec>` rows of store-many and read-many tables that hold a
 backend writing encoded images: the codec alone, no container and no files. Its append encodes
 each image into memory; its read decodes the bytes held in memory into one array, as the
@@ -78,9 +81,10 @@ FLOOR_NAME = "limit"
 
 
 class Floor:
-    """Opens plain files of pixel bytes; named `limit` in every table."""
+    """Opens plain files of pixel bytes; named `limit` in every table of local stores."""
 
     name = FLOOR_NAME
+    local = True
 
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> PlainFile:
         return PlainFile(path, mode, durable)
@@ -134,6 +138,8 @@ def codec_floor_name(codec: Codec) -> str:
 class CodecFloor:
     """Encodes and decodes with one codec and its settings, in memory; named `limit-<codec label>`."""
 
+    local = True
+
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self.name = codec_floor_name(codec)
@@ -144,3 +150,71 @@ class CodecFloor:
 
     def files(self, path: Path) -> list[Path]:
         return []  # nothing on disk
+
+
+class ObjectFile:
+    """One object of pixel bytes in an object store, with a store's methods: one PUT, one GET."""
+
+    def __init__(self, location: object, mode: str) -> None:
+        from storage._objects import ObjectLocation  # obstore: only where the object-store backends are installed
+
+        self.location = ObjectLocation.parse(location)
+        self.client = self.location.client()
+        self.requests = self.bytes_transferred = 0
+        if mode == "r":
+            import obstore
+
+            obstore.head(self.client, OBJECT_KEY)  # FileNotFoundError (obstore's NotFoundError) if it is not there
+
+    def append(self, images: np.ndarray | list, labels: object = None) -> None:
+        """PUT the pixel bytes of `images` as one object, in one request (labels are not kept)."""
+        import obstore
+
+        data = pixel_bytes(images)
+        obstore.put(self.client, OBJECT_KEY, memoryview(data), use_multipart=False)
+        self.requests, self.bytes_transferred = self.requests + 1, self.bytes_transferred + data.nbytes
+
+    def read(self) -> tuple[np.ndarray, None]:
+        """GET the object in one request: its bytes as an array, as the client hands them over (no copy)."""
+        import obstore
+
+        data = np.frombuffer(obstore.get(self.client, OBJECT_KEY).bytes(), np.uint8)
+        self.requests, self.bytes_transferred = self.requests + 1, self.bytes_transferred + data.nbytes
+        return data, None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ObjectFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+OBJECT_KEY = "pixels"
+
+
+class ObjectFloor:
+    """`limit` of the object-store tables: the pixel bytes as one object, stored with one PUT and read with one
+    GET, the transport's limit between this machine and the server."""
+
+    name = FLOOR_NAME
+    local = False
+
+    def open(self, location: object, mode: str = "r", *, durable: bool = True) -> ObjectFile:
+        return ObjectFile(location, mode)
+
+    def files(self, location: object) -> list[str]:
+        from storage._objects import ObjectLocation, _listed
+
+        located = ObjectLocation.parse(location)
+        return [f"{located}/{entry['path']}" for entry in _listed(located, "")]
+
+    def disk_usage(self, location: object) -> int:
+        from storage._objects import ObjectLocation, _listed
+
+        return sum(int(entry["size"]) for entry in _listed(ObjectLocation.parse(location), ""))
+
+
+OBJECT_FLOOR = ObjectFloor()

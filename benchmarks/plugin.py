@@ -23,9 +23,10 @@ import pytest
 import storage
 from benchmarks import machine, report, summary
 from benchmarks.data import Dataset, parse_size, size_id
-from benchmarks.floor import FLOOR, CodecFloor
+from benchmarks.floor import FLOOR, OBJECT_FLOOR, CodecFloor
 from benchmarks.harness import Source, Subject, peak_memory, store
 from storage.codecs import RAW, Codec
+from storage.testing.places import ObjectPlace
 
 CIFAR = (32, 32, 3)
 
@@ -58,6 +59,16 @@ PRESETS = {
         training=None,
         variants=True,
         paired=True,
+    ),
+    "object-store": Preset(
+        (10_000, 1_000),
+        (CIFAR, (256, 256, 3)),
+        "the object-store backends (s3, s3-shards, 1, 8 and 32 requests in flight) at 10,000 of 32x32x3 and 1,000 "
+        "of 256x256x3, every experiment that makes sense remotely",
+        training=None,
+        variants=True,
+        paired=True,
+        object_store=True,
     ),
     "smoke": Preset((20, 300), (CIFAR,), "20 and 300 images, every experiment; the default with timing off", None),
 }
@@ -257,10 +268,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     chosen = metafunc.config.stash[GRID]
     subjects = [storage.backend(name) for name in chosen.backends]
-    if metafunc.definition.get_closest_marker("limit_row"):
-        subjects.append(FLOOR)
+    if metafunc.definition.get_closest_marker("limit_row"):  # where the grid's stores live: plain file or object
+        subjects.append(FLOOR if any(subject.local for subject in subjects) or not subjects else OBJECT_FLOOR)
     if metafunc.definition.get_closest_marker("codec_floor"):
-        encoded = {backend.codec for backend in subjects if backend is not FLOOR and backend.codec is not RAW}
+        encoded = {s.codec for s in subjects if s not in (FLOOR, OBJECT_FLOOR) and s.codec is not RAW}
         subjects += [codec_floor(codec) for codec in sorted(encoded, key=lambda codec: codec.label)]
     if metafunc.definition.get_closest_marker("single_image"):
         cells = [(None, size) for size in dict.fromkeys(chosen.sizes)]
@@ -341,6 +352,15 @@ def store_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
+def case_root(case: Case, request: pytest.FixtureRequest, store_root: Path):
+    """Where this case's stores go: the local store root, or for an object store a prefix in the S3 bucket of the
+    run (the ``s3_root`` fixture: a SeaweedFS server, or --s3-endpoint's store)."""
+    if case.subject.local:
+        return store_root
+    return ObjectPlace(request.getfixturevalue("s3_root"))
+
+
+@pytest.fixture
 def source(case: Case, store_root: Path) -> Source:
     """The images and labels of this case, made or loaded outside any timed region."""
     skip_unless_room(case, store_root)
@@ -356,19 +376,21 @@ class BuiltStores:
 
     root: Path
     built: dict
+    request: pytest.FixtureRequest
 
     def get(self, case: Case, images: np.ndarray | list, labels: np.ndarray) -> Path:
         key = (case.subject.name, case.images, case.size, case.dataset)
         if key not in self.built:
-            path = self.root / f"{case}-read"
+            root = self.root if case.subject.local else ObjectPlace(self.request.getfixturevalue("s3_root"))
+            path = root / f"{case}-read"
             store(case.subject, path, images, labels)
             self.built[key] = path
         return self.built[key]
 
 
 @pytest.fixture(scope="session")
-def built_stores(store_root: Path) -> BuiltStores:
-    return BuiltStores(store_root, {})
+def built_stores(store_root: Path, request: pytest.FixtureRequest) -> BuiltStores:
+    return BuiltStores(store_root, {}, request)
 
 
 @pytest.fixture(scope="session")
@@ -378,12 +400,14 @@ def durable(pytestconfig: pytest.Config) -> bool:
 
 
 @pytest.fixture
-def fresh_target(case: Case, store_root: Path):
+def fresh_target(case: Case, case_root):
     """A setup for `benchmark.pedantic`: every round gets an empty target path (cleared outside timing)."""
-    path = store_root / f"{case}-store"
+    path = case_root / f"{case}-store"
 
     def setup():
-        if path.is_dir():
+        if isinstance(path, ObjectPlace):
+            path.remove()
+        elif path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()

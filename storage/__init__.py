@@ -66,6 +66,10 @@ VARIANTS = {
     "zarr-zstd": ("zarr", {"compressor": "zstd"}),
     "zarr-sharded": ("zarr", {"shard_images": 1024}),  # one image a chunk, 1,024 a shard file
     "zarr-tensorstore": ("zarr", {"library": "tensorstore"}),  # the same parts, written and read through tensorstore
+    "s3-c1": ("s3", {"concurrency": 1}),  # one request at a time: every image pays a whole round trip
+    "s3-c32": ("s3", {"concurrency": 32}),
+    "s3-shards-c1": ("s3-shards", {"concurrency": 1}),
+    "s3-shards-c32": ("s3-shards", {"concurrency": 32}),
 }
 MODES = ("r", "a", "w", "x")
 
@@ -82,6 +86,11 @@ class Backend:
     @property
     def capabilities(self) -> Capabilities:
         return self.store_class.capabilities
+
+    @property
+    def local(self) -> bool:
+        """Whether its stores are local files (else objects in an object store)."""
+        return self.store_class.capabilities.local
 
     def settings(self, **options: object) -> Options:
         """The backend's options: this name's, overridden by `options`; ValueError or TypeError if bad."""
@@ -118,6 +127,11 @@ class Backend:
 
     def files(self, location: str | os.PathLike) -> list:
         return self.store_class.files(self.store_class.locate(location))
+
+    def disk_usage(self, location: str | os.PathLike) -> int:
+        """Bytes the store at `location` takes: allocated on disk, or its objects' sizes in an object store."""
+        with self.open(location) as opened:
+            return opened.disk_usage()
 
 
 def _load(target: str) -> type[Store] | None:

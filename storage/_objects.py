@@ -245,7 +245,7 @@ class ObjectStore(Store):
     # --- the skeleton ----------------------------------------------------------------------
 
     def _start(self, create: bool) -> None:
-        self.requests = 0  # requests sent and bytes received or sent, for the benchmarks' extra_info
+        self.requests = 0  # requests this object sent, and the object bytes they moved: for the benchmarks
         self.bytes_transferred = 0
         self._client = self.location.client()
         self._runs: list[Run] = []
@@ -258,6 +258,7 @@ class ObjectStore(Store):
     def _read_manifest(self) -> tuple[int, list[Run]]:
         """The newest generation's number and runs."""
         generations = _generations(self._client)
+        self._count_request(0)  # the LIST (its answer is not counted in bytes)
         if not generations:
             raise FileNotFoundError(errno.ENOENT, f"no {self.name} store (no manifest)", str(self.location))
         body = self._get_bytes(_manifest_key(generations[-1]), MAX_MANIFEST_BYTES)
@@ -327,6 +328,7 @@ class ObjectStore(Store):
             generations = _generations(self._client)
         except (AttributeError, BaseError):  # not opened yet, or the server is away: catch up at the append
             return None
+        self._count_request(0)
         return (generations[-1],) if generations else None
 
     def _refresh(self) -> None:

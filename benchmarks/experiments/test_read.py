@@ -11,7 +11,15 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.harness import check_read_back, describe, peak_memory, raw_bytes, read_all, record_disk_usage
+from benchmarks.harness import (
+    check_read_back,
+    describe,
+    peak_memory,
+    raw_bytes,
+    read_all,
+    record_disk_usage,
+    record_transfers,
+)
 from storage.testing import assert_images_match
 
 
@@ -27,6 +35,7 @@ def test_read_one(benchmark, run_rounds, case, source, built_stores):
             return store[image_id]
 
     image, label = run_rounds(open_read_close)
+    record_transfers(benchmark, case.subject, path, 1, lambda store: store[image_id], opening=True)
     assert_images_match([image], [images[image_id]], case.subject.codec)
     assert label == labels[image_id]
 
@@ -48,6 +57,7 @@ def test_read_one_open_store(benchmark, case, source, built_stores):
             benchmark.extra_info["peak_memory_bytes"] = peak_memory(read_next)
     assert_images_match([image], [images[image_id]], case.subject.codec)
     assert label == labels[image_id]
+    record_transfers(benchmark, case.subject, path, 1, lambda store: store[image_id], opening=False)
 
 
 @pytest.mark.limit_row
@@ -59,3 +69,4 @@ def test_read_many(benchmark, run_rounds, case, source, built_stores):
     record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     got = run_rounds(lambda: read_all(case.subject, path))
     check_read_back(case.subject, got, images, labels)
+    record_transfers(benchmark, case.subject, path, case.images, lambda store: store.read(), opening=True)

@@ -33,7 +33,7 @@ import pytest
 
 import storage
 from benchmarks.cache import CAN_EVICT, evict, resident_fraction
-from benchmarks.harness import check_read_back, describe, random_ids, read_all
+from benchmarks.harness import check_read_back, describe, random_ids, read_all, record_transfers
 from storage.testing import assert_images_match
 
 pytestmark = pytest.mark.training
@@ -43,6 +43,8 @@ ONE_WORKER: dict[tuple[str, str], float] = {}  # (case, pool) -> median with one
 
 @pytest.mark.limit_row
 def test_grow(benchmark, run_rounds, case, source, built_stores, fresh_target, durable):
+    if not case.subject.local:
+        pytest.skip("each round starts from a copy of the store of N: a copy of a local directory or file")
     images, labels = source
     original = built_stores.get(case, images, labels)
     added = max(1, case.images // 10)
@@ -76,6 +78,8 @@ def test_random_each(benchmark, run_rounds, case, source, built_stores):
     with case.subject.open(built_stores.get(case, images, labels)) as store:
         got = run_rounds(lambda: [store[image_id] for image_id in ids])
     record_rate(benchmark, len(ids))
+    path = built_stores.get(case, images, labels)
+    record_transfers(benchmark, case.subject, path, len(ids), lambda store: [store[i] for i in ids], opening=False)
     assert_images_match([image for image, _ in got], [images[i] for i in ids], case.subject.codec)
     assert [label for _, label in got] == [int(labels[i]) for i in ids]
 
@@ -87,6 +91,8 @@ def test_random_batch(benchmark, run_rounds, case, source, built_stores):
     with case.subject.open(built_stores.get(case, images, labels)) as store:
         got_images, got_labels = run_rounds(lambda: store.read(ids))
     record_rate(benchmark, len(ids))
+    path = built_stores.get(case, images, labels)
+    record_transfers(benchmark, case.subject, path, len(ids), lambda store: store.read(ids), opening=False)
     assert_images_match(got_images, [images[i] for i in ids], case.subject.codec)
     assert got_labels.tolist() == labels[ids].tolist()
 
@@ -99,9 +105,23 @@ def test_shuffled_batches(benchmark, run_rounds, case, source, built_stores, bat
     with case.subject.open(built_stores.get(case, images, labels)) as store:
         got = run_rounds(lambda: [store.read(slice(start, start + batch_size)) for start in starts])
     record_rate(benchmark, case.images)
+    path = built_stores.get(case, images, labels)
+    record_transfers(
+        benchmark,
+        case.subject,
+        path,
+        case.images,
+        lambda store: [store.read(slice(s, s + batch_size)) for s in starts],
+        opening=False,
+    )
     for start, (batch_images, batch_labels) in zip(starts, got):
         assert_images_match(batch_images, images[start : start + batch_size], case.subject.codec)
         assert batch_labels.tolist() == labels[start : start + batch_size].tolist()
+
+
+def skip_unless_local(case) -> None:
+    if not case.subject.local:
+        pytest.skip("cold means: evicted from this machine's page cache; an object store's cache is the server's")
 
 
 class Eviction:
@@ -126,6 +146,7 @@ class Eviction:
 @needs_eviction
 @pytest.mark.limit_row
 def test_read_many_cold(benchmark, run_rounds, case, source, built_stores):
+    skip_unless_local(case)
     images, labels = source
     path = built_stores.get(case, images, labels)
     describe(benchmark, "read-many", case, images, page_cache="cold")
@@ -139,6 +160,7 @@ def test_read_many_cold(benchmark, run_rounds, case, source, built_stores):
 @needs_eviction
 def test_random_batch_cold(benchmark, run_rounds, case, source, built_stores):
     """The random batch above, from a store opened (untimed) right after eviction."""
+    skip_unless_local(case)
     images, labels = source
     path = built_stores.get(case, images, labels)
     ids = random_ids(case.images)
@@ -179,10 +201,12 @@ def read_range(backend: str, path: str, start: int, stop: int, check: bool = Fal
         return read_shared(store, start, stop, check)
 
 
-def make_pool(kind: str, workers: int) -> Executor:
+def make_pool(kind: str, workers: int, fork_safe: bool = True) -> Executor:
+    """Threads, or processes: forked, unless the store's library cannot run in a forked child (then forked from a
+    fork server, which has used no store)."""
     if kind == "thread":
         return ThreadPoolExecutor(workers)
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if fork_safe else "forkserver"))
 
 
 @pytest.mark.parametrize("pool_kind", ["process", "thread"])
@@ -202,7 +226,8 @@ def test_parallel_read_many(benchmark, run_rounds, case, source, built_stores, w
         futures = [pool.submit(read_range, case.subject.name, str(path), *bound, check) for bound in ranges]
         return [future.result() for future in futures]
 
-    with make_pool(pool_kind, workers) as pool:
+    fork_safe = getattr(case.subject, "capabilities", storage.Capabilities(directory=False)).fork_safe
+    with make_pool(pool_kind, workers, fork_safe) as pool:
         counts = run_rounds(read_in_parallel)
         digests = read_in_parallel(check=True)  # one more round, untimed, that fingerprints what each worker read
     assert sum(counts) == case.images

@@ -95,7 +95,7 @@ def options(**given: object) -> argparse.Namespace:
         (
             plugin.parse_preset,
             "huge",
-            "'huge' is no preset; presets: default, classic, large, training, variants, formats, smoke",
+            "'huge' is no preset; presets: default, classic, large, training, variants, formats, object-store, smoke",
         ),
         (plugin.parse_sizes, "32", "HxW or HxWxC"),
         (plugin.parse_counts, "0", "image counts must be positive"),
@@ -217,3 +217,11 @@ def test_the_training_preset_deselects_the_other_experiments():
 def local_names(variants: bool = True) -> tuple[str, ...]:
     """The backends a preset for local stores runs: all but those of object stores."""
     return tuple(name for name in storage.available(variants) if storage.backend(name).capabilities.local)
+
+
+@pytest.mark.skipif("s3" not in storage.available(), reason="obstore is not installed")
+def test_the_object_store_preset_runs_the_object_store_backends_only():
+    chosen = grid(options(preset="object-store"))
+    assert chosen.backends == tuple(name for name in storage.available() if not storage.backend(name).local)
+    assert {"s3", "s3-c1", "s3-c32", "s3-shards", "s3-shards-c1", "s3-shards-c32"} <= set(chosen.backends)
+    assert chosen.cells() == [(10_000, (32, 32, 3)), (1_000, (256, 256, 3))]
