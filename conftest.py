@@ -32,6 +32,15 @@ def pytest_addoption(parser):
         "started for the run; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
     )
     group.addoption("--s3-bucket", default="images", help="bucket for --s3-endpoint (default: images)")
+    group.addoption(
+        "--s3-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="a round-trip delay in milliseconds that the kernel adds between the benchmarks and the S3 server "
+        "started for the run (netem in a network namespace; needs root): run it on its own, e.g. "
+        "pytest --benchmark-only --preset object-store --s3-latency 20",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +51,9 @@ def s3_root(request):
     from storage.testing import places, seaweed
 
     endpoint = request.config.getoption("--s3-endpoint")
+    delay = request.config.getoption("--s3-latency")
+    if delay and endpoint:
+        raise pytest.UsageError("--s3-latency delays the server started for the run, not --s3-endpoint's")
     with contextlib.ExitStack() as stack:
         if endpoint:
             variables = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": str(endpoint.startswith("http:")).lower()}
@@ -49,11 +61,13 @@ def s3_root(request):
         else:
             if seaweed.find_weed() is None:
                 pytest.skip(seaweed.MISSING)
+            if delay:
+                enter_delayed_network(delay)
             server = stack.enter_context(seaweed.SeaweedServer())
             variables, bucket = server.environment(), server.bucket
-        saved = {name: os.environ.get(name) for name in [*variables, places.S3_TEST_ROOT]}
+        saved = {name: os.environ.get(name) for name in [*variables, places.S3_TEST_ROOT, places.ADDED_ROUND_TRIP]}
         root = f"s3://{bucket}/image-store-tests-{secrets.token_hex(4)}"
-        os.environ.update(variables, **{places.S3_TEST_ROOT: root})
+        os.environ.update(variables, **{places.S3_TEST_ROOT: root, places.ADDED_ROUND_TRIP: f"{delay:g}"})
         try:
             yield root
             places.ObjectPlace(root).remove()
@@ -63,3 +77,17 @@ def s3_root(request):
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+def enter_delayed_network(milliseconds: float) -> None:
+    """Move this process into a network namespace whose loopback delays each round trip (storage.testing.latency),
+    or skip the S3 cases saying why this machine cannot."""
+    from storage import _objects
+    from storage.testing import latency
+
+    reason = latency.unavailable(milliseconds)
+    if reason:
+        pytest.skip(f"--s3-latency: {reason}")
+    if _objects._runtime_pid is not None:  # its threads would stay outside the namespace, without the delay
+        raise pytest.UsageError("--s3-latency must come before any other S3 test in the run: run the benchmarks alone")
+    latency.delay_loopback(milliseconds)

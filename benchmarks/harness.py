@@ -7,6 +7,7 @@ floor: all open a location like a store, so no experiment asks which one it hold
 from __future__ import annotations
 
 import gc
+import os
 import tracemalloc
 from pathlib import Path
 from typing import Callable, Union
@@ -17,6 +18,7 @@ from benchmarks.floor import CodecFloor, Floor, pixel_bytes
 from storage import Backend
 from storage._base import allocated_bytes
 from storage.testing import assert_images_match
+from storage.testing.places import ADDED_ROUND_TRIP
 
 Subject = Union[Backend, Floor, CodecFloor]
 Source = tuple[Union[np.ndarray, list], np.ndarray]
@@ -59,6 +61,10 @@ def raw_bytes(images: np.ndarray | list) -> int:
 def describe(benchmark, experiment: str, case, images: np.ndarray | list, **info: object) -> None:
     """Name the table and record what is measured, before the benchmark runs."""
     benchmark.group = case.group(experiment)
+    delay = float(os.environ.get(ADDED_ROUND_TRIP) or 0)
+    if not case.subject.local and delay:  # --s3-latency: every request paid this round trip on top
+        benchmark.group += f" +{delay:g}ms"
+        info["added_round_trip_ms"] = delay
     benchmark.extra_info.update(
         experiment=experiment,
         backend=case.subject.name,

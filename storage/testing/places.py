@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterator
 
 S3_TEST_ROOT = "S3_TEST_ROOT"
+ADDED_ROUND_TRIP = "S3_ADDED_ROUND_TRIP_MS"  # the delay --s3-latency added to every request, for the records
 
 
 class ObjectPlace:
