@@ -47,6 +47,7 @@ class Result:
     peak_memory: int | None  # bytes one untimed round allocated beyond its input
     page_cache: str
     workers: int | None
+    requests_per_image: float | None = None  # object stores: requests one untimed round sent, per image
 
 
 def load(path: Path) -> list[Result]:
@@ -82,6 +83,7 @@ def result(benchmark: dict) -> Result | None:
         peak_memory=info.get("peak_memory_bytes"),
         page_cache=info.get("page_cache", ""),
         workers=info.get("workers"),
+        requests_per_image=info.get("requests_per_image"),
     )
 
 

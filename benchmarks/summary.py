@@ -2,8 +2,9 @@
 
 Each row is a backend: median time, ratio to the floor (`limit`) where the table has one, ratio to the
 floor of its codec (`limit-<codec>`, the codec alone) where it encodes its images, images per second,
-bytes on disk per image and their ratio to the raw pixels (store tables), and the peak memory a round
-allocated beyond its input. The fastest row is marked with ``*``. Lines stay within 120 columns.
+bytes on disk per image and their ratio to the raw pixels (store tables), the peak memory a round
+allocated beyond its input, and for object stores the requests a round sent per image. The fastest row is
+marked with ``*``. Lines stay within 120 columns.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def table(rows: list[Result]) -> list[str]:
     floor = next((row.median for row in rows if row.backend == FLOOR.name), None)
     medians = {row.backend: row.median for row in rows}
     fastest = min(row.median for row in rows)
-    cells = [COLUMNS]
+    requests = any(row.requests_per_image is not None for row in rows)  # a table of object stores
+    cells = [(*COLUMNS, "requests/image") if requests else COLUMNS]
     for row in sorted(rows, key=lambda row: row.median):
         disk_ratio = row.disk_per_image / (row.raw_bytes / row.images) if row.disk_per_image and row.raw_bytes else None
         cells.append(
@@ -55,9 +57,10 @@ def table(rows: list[Result]) -> list[str]:
                 size(row.disk_per_image),
                 f"{disk_ratio:.2f}" if disk_ratio else "",
                 size(row.peak_memory),
+                *([f"{row.requests_per_image:.3g}" if row.requests_per_image is not None else ""] if requests else []),
             )
         )
-    widths = [max(len(line[column]) for line in cells) for column in range(len(COLUMNS))]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(cells[0]))]
     left = {0, 1}  # the mark and the backend read left to right; numbers line up on the right
     return [
         "  ".join(

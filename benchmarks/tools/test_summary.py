@@ -51,6 +51,15 @@ def test_an_encoding_backend_is_divided_by_its_codec_floor_too():
     assert npz[3:5] == ["2.00", "2.5e+05"]  # raw pixels: no codec ratio, images/s follows
 
 
+def test_object_store_tables_show_the_requests_per_image():
+    lines = summary.table([row("s3", 3.0, requests_per_image=1.0003), row("limit", 0.03, requests_per_image=0.0001)])
+    assert lines[0].split()[-1] == "requests/image"
+    assert lines[2].split()[0] == "s3"
+    assert lines[2].split()[-1] == "1"
+    plain = summary.table([row("npz", 0.004), row("limit", 0.002)])
+    assert "requests" not in plain[0]
+
+
 def test_every_line_fits_120_columns():
     long_name = "a-backend-with-a-very-long-name-from-another-package"
     rows = [
