@@ -10,21 +10,22 @@ import shutil
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar, Union
 
 import numpy as np
 
 from storage._durable import fsync_path, move_into_place, taking_turns
-from storage._errors import damage_reported
+from storage._errors import DamagedStoreError, damage_reported
 from storage._reading import Batch
-from storage.codecs import RAW, Codec
+from storage.codecs import CODECS, RAW, Codec
 from storage.codecs import get as get_codec
 
-Images = Union[np.ndarray, Sequence[np.ndarray]]
+Images = Union[np.ndarray, Sequence[np.ndarray], Sequence[Union[bytes, bytearray, memoryview]]]
 Ids = Union[Sequence[int], slice, None]
 
+FILE_TYPES = (bytes, bytearray, memoryview)  # what an encoded append takes as one image's file
 INT64 = np.iinfo(np.int64)
 WRITER_LOCK = "writer.lock"  # in a directory store; a single-file store's is beside it, named after it
 
@@ -63,6 +64,33 @@ class EncodingOptions(Options):
     @property
     def codec(self) -> Codec:
         return get_codec(self.encoding)
+
+
+class EncodedRun(Sequence):
+    """Files of images of one shape and dtype, which a store keeps as they are: what `_append` gets in place of a
+    batch array for an encoded append. Like the array it has ``shape`` (n, H, W[, C]), as the files' headers give
+    it, ``dtype`` and ``ndim``, and a slice of it is a run; its items are the files (bytes), which
+    ``codec.encode`` returns unchanged, so a backend writes them where it would write what it encoded."""
+
+    def __init__(self, files: list[bytes], image_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.files = files
+        self.shape = (len(files), *image_shape)
+        self.dtype = dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int | slice) -> bytes | EncodedRun:
+        if isinstance(index, slice):
+            return EncodedRun(self.files[index], self.shape[1:], self.dtype)
+        return self.files[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.files)
+
+    def __repr__(self) -> str:
+        return f"<EncodedRun of {len(self)} files of {self.dtype} images of shape {self.shape[1:]}>"
 
 
 class ReadersOrWriter:
@@ -276,7 +304,8 @@ class Store(ABC):
 
     @abstractmethod
     def _append(self, batches: list[np.ndarray], labels: np.ndarray) -> None:
-        """Store uniform batches (each (n, H, W[, C]), little-endian, C-contiguous) durably."""
+        """Store uniform batches (each (n, H, W[, C]), little-endian, C-contiguous) durably. After an encoded append
+        each batch is an `EncodedRun` of checked files, whose ``codec.encode`` is the file itself."""
 
     @abstractmethod
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:
@@ -330,18 +359,26 @@ class Store(ABC):
         finally:
             self._turns.stop_reading()
 
-    def append(self, images: Images, labels: Sequence[int]) -> None:
+    def append(self, images: Images, labels: Sequence[int], *, encoded: bool = False) -> None:
         """Add images with their labels; ids continue from ``len(store)``.
+
+        With ``encoded=True``, `images` are encoded files (bytes, bytearray or memoryview), one per image, in the
+        format of the store's codec (PNG for a "png" encoding, JPEG for "jpeg"). Each is kept byte for byte as its
+        image's record, never decoded and encoded again, and reads give what the codec decodes from it. A file's
+        header must give a shape and dtype that the codec holds, and the file must decode: each is decoded once to
+        check it, so an encoded append costs one decode per image. A store of raw pixels takes no files.
 
         Everything is checked before anything is written, and the images are durable on
         disk when this returns (unless the store was opened with ``durable=False``).
         """
         self._check_open()
+        if not isinstance(encoded, bool):
+            raise TypeError(f"encoded must be True or False, got {encoded!r}")
         if not self.writable:
             raise io.UnsupportedOperation(
                 f"{self.location} is open read-only (mode 'r'); open it with mode 'a' to append"
             )
-        batches = self._batches(images)
+        batches = self._encoded_runs(images) if encoded else self._batches(images)
         count = sum(len(b) for b in batches)
         label_array = as_labels(labels, count)
         if count:
@@ -424,6 +461,54 @@ class Store(ABC):
             else:
                 runs.append([array])
         return [little_endian(np.stack(run)) for run in runs]
+
+    def _encoded_runs(self, files: Sequence[bytes | bytearray | memoryview]) -> list[EncodedRun]:
+        """Split encoded `files` into runs of one shape and dtype, checking every file first: its header, then a
+        decode. A bytearray or memoryview is copied to bytes, so that what was checked is what is written."""
+        if self.codec is RAW:
+            raise ValueError(self._takes_no_files())
+        if isinstance(files, (str, *FILE_TYPES, np.ndarray)) or not isinstance(files, Iterable):
+            raise TypeError(
+                f"encoded images must be a sequence of files (bytes), one per image, not {type(files).__name__}"
+            )
+        checked = []
+        for position, file in enumerate(files):
+            if not isinstance(file, FILE_TYPES):
+                kind = type(file).__name__
+                raise TypeError(
+                    f"image {position} must be an encoded file (bytes, bytearray or memoryview), not {kind}"
+                )
+            data = bytes(file)
+            try:
+                shape, dtype = self.codec.file_layout(data)
+                self.codec.decode(data, shape, dtype)
+            except ValueError as error:  # DamagedStoreError too: the decoder's complaint about this file
+                what = "does not decode" if isinstance(error, DamagedStoreError) else "is refused"
+                raise ValueError(f"the file of image {position} {what} as {self.codec.name}: {error}") from None
+            checked.append((data, shape, dtype))
+        runs: list[EncodedRun] = []
+        for data, shape, dtype in checked:
+            if runs and (runs[-1].shape[1:], runs[-1].dtype) == (shape, dtype):
+                runs[-1].files.append(data)
+                runs[-1].shape = (len(runs[-1].files), *shape)
+            else:
+                runs.append(EncodedRun([data], shape, dtype))
+        return runs
+
+    def _takes_no_files(self) -> str:
+        """Why a store of raw pixels refuses an encoded append, and which stores take files."""
+        from storage import VARIANTS  # imported here: storage imports this module
+
+        family = type(self).name
+        encodings = [name for name in CODECS if name != RAW.name]
+        takes = f"encoding={' or '.join(map(repr, encodings))}"
+        if any(field.name == "encoding" for field in fields(self.Options)):
+            variants = [name for name, (base, options) in VARIANTS.items() if base == family]
+            takers = [name for name in variants if VARIANTS[name][1].get("encoding") in encodings]
+            how = f"open it with {takes}" + (f" (the {', '.join(takers)} variants)" if takers else "")
+        else:
+            how = f"the {family} backend has no encoding option (the png and jpeg backends, and others with {takes})"
+        return f"the {self.name} store holds raw pixels, so it cannot keep encoded files as they are: {how}"
 
     def _check_image(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         if min(shape, default=0) < 1 or not self.accepts(dtype, shape):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,11 +56,17 @@ class Codec(ABC):
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> bytes:
-        """The bytes of one accepted image."""
+        """The bytes of one accepted image. A codec with a file format returns a file (bytes) as it is: that is
+        how a store keeps the files of an encoded append (`Store.append`) unchanged."""
 
     @abstractmethod
     def decode(self, data: Data, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image encoded in `data`, which its store recorded as `shape` and `dtype`."""
+
+    def file_layout(self, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape and dtype of the image in a file of this codec's format, as its header gives them, for a file
+        that a store keeps as it is; ValueError if it is no such file, or one this codec does not take."""
+        raise ValueError(f"the {self.name} codec has no file format")
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,13 @@ class Raw(Codec):
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # per IHDR colour type: grey, RGB, palette, grey+alpha, RGBA
+# The files a PNG codec keeps as they are, by IHDR bit depth and colour type: dtype and channels (None: 2-D). Others
+# decode differently in the two libraries (a palette: RGB in libpng, indices in Pillow; fewer than 8 bits: uint8 or
+# bool) or to layouts the codec does not hold (grey with alpha, 16-bit colour).
+PNG_FILE_LAYOUTS = {(8, 0): ("u1", None), (16, 0): ("u2", None), (8, 2): ("u1", 3), (8, 6): ("u1", 4)}
+# Chunks that make the two libraries disagree: with tRNS, libpng adds an alpha channel and Pillow does not; acTL
+# makes an animation, whose first frame need not be the image libpng decodes.
+PNG_FOREIGN_CHUNKS = {b"tRNS": "a tRNS (transparency) chunk", b"acTL": "an animation (acTL chunk)"}
 PNG_LIBRARIES = ("imagecodecs", "pillow")  # the first is the default: it decoded 32x32 images 4x faster here
 
 
@@ -115,7 +129,10 @@ class Png(Codec):
             return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
         return dtype.itemsize == 2 and len(shape) == 2
 
-    def encode(self, image: np.ndarray) -> bytes:
+    def encode(self, image: np.ndarray | bytes) -> bytes:
+        """The PNG file of `image`; a file (bytes, checked by `Store.append`) is returned as it is."""
+        if isinstance(image, bytes):
+            return image
         grey = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
         if self.library == "imagecodecs":
             import imagecodecs
@@ -153,6 +170,37 @@ class Png(Codec):
             )
         return array.reshape(shape)
 
+    def file_layout(self, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+        """From the IHDR chunk: (H, W) for grey, (H, W, 3) for RGB, (H, W, 4) for RGBA. Only files that both
+        libraries decode alike: a layout of `PNG_FILE_LAYOUTS`, no chunk of `PNG_FOREIGN_CHUNKS`, and every chunk
+        whole with its CRC, up to IEND (Pillow decodes a file whose IDAT's CRC is cut off; libpng refuses it)."""
+        if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+            raise ValueError("it is no PNG file (no PNG signature and IHDR chunk)")
+        width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+        if (depth, colour) not in PNG_FILE_LAYOUTS:
+            raise ValueError(
+                f"it is a PNG of bit depth {depth} and colour type {colour}; "
+                "this codec takes 8-bit grey, RGB and RGBA, and 16-bit grey"
+            )
+        view, position, kind = memoryview(data), 8, b""
+        while kind != b"IEND":  # each chunk: length, type, data, CRC of type and data
+            if position + 12 > len(data):
+                raise ValueError("it is a PNG that ends before its IEND chunk")
+            length, kind = struct.unpack(">I4s", view[position : position + 8])
+            end = position + 8 + length
+            if end + 4 > len(data) or zlib.crc32(view[position + 4 : end]) != int.from_bytes(
+                view[end : end + 4], "big"
+            ):
+                raise ValueError(f"it is a PNG whose {kind!r} chunk at byte {position} is cut short or fails its CRC")
+            if kind in PNG_FOREIGN_CHUNKS:
+                raise ValueError(f"it is a PNG with {PNG_FOREIGN_CHUNKS[kind]}, which PNG libraries decode differently")
+            position = end + 4
+        code, channels = PNG_FILE_LAYOUTS[depth, colour]
+        shape, dtype = (height, width) if channels is None else (height, width, channels), np.dtype(code)
+        if min(shape) < 1 or not self.accepts(dtype, shape):
+            raise ValueError(f"it is a PNG of {width}x{height} pixels, which this codec does not hold")
+        return shape, dtype
+
     def _decoded(self, data: Data) -> np.ndarray:
         if self.library == "imagecodecs":
             import imagecodecs
@@ -161,8 +209,8 @@ class Png(Codec):
                 return imagecodecs.png_decode(data)
         from PIL import Image
 
-        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
-            array = np.asarray(image)
+        with undecodable("a stored PNG cannot be decoded"), Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+            array = np.asarray(image)  # Pillow's errors: OSError, struct.error, SyntaxError, ...
         return array.astype(np.uint16) if array.dtype.kind == "i" else array  # older Pillow: 16-bit grey as "I"
 
 
@@ -205,7 +253,10 @@ class Jpeg(Codec):
             return False
         return len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))
 
-    def encode(self, image: np.ndarray) -> bytes:
+    def encode(self, image: np.ndarray | bytes) -> bytes:
+        """The JPEG file of `image`; a file (bytes, checked by `Store.append`) is returned as it is."""
+        if isinstance(image, bytes):
+            return image
         if image.ndim == 2 or image.shape[2] == 1:
             grey = np.ascontiguousarray(image.reshape(*image.shape[:2], 1))
             return simplejpeg.encode_jpeg(grey, self.quality, "GRAY")
@@ -241,6 +292,33 @@ class Jpeg(Codec):
         if shape is None:
             return array.reshape(height, width) if channels == 1 else array
         return array.reshape(shape)
+
+    def file_layout(self, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+        """From the frame header: (H, W) for grey, (H, W, 3) for YCbCr colour; only what `decode` decodes, a
+        sequential Huffman JPEG (baseline or extended) of 8-bit samples, in any chroma subsampling."""
+        if data[:2] != b"\xff\xd8":
+            raise ValueError("it is no JPEG file (no start-of-image marker)")
+        frame = _jpeg_frame(data)
+        if frame is None:
+            raise ValueError("it is a JPEG without a frame header")
+        if frame not in JPEG_SEQUENTIAL:
+            raise ValueError(
+                f"it is a JPEG of frame type SOF{frame - 0xC0}; this codec decodes sequential Huffman JPEGs only "
+                "(SOF0 baseline, SOF1 extended), not progressive, lossless or arithmetic-coded ones"
+            )
+        try:
+            height, width, colours, _ = simplejpeg.decode_jpeg_header(data)
+        except MemoryError:
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise ValueError(f"it is a JPEG whose header is cut short or damaged ({reason})") from None
+        if colours not in JPEG_COLOURS:
+            raise ValueError(f"it is a JPEG in the {colours} colour space; this codec takes Gray and YCbCr")
+        shape = (height, width) if JPEG_COLOURS[colours] == 1 else (height, width, 3)
+        if min(shape) < 1 or not self.accepts(np.dtype("u1"), shape):
+            raise ValueError(f"it is a JPEG of {width}x{height} pixels, which this codec does not hold")
+        return shape, np.dtype("u1")
 
 
 @contextmanager

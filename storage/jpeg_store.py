@@ -11,6 +11,10 @@ subsampling; ``quality`` (1-100, default 90) sets new files' quantisation. Image
 within the codec's ``min_psnr`` (`storage.codecs.Jpeg`), not bit-exact. Before a file is decoded,
 its header must state no more pixels than its bytes can hold. JPEG has no checksum: a changed
 byte may come back as changed pixels.
+
+An encoded append (``append(files, labels, encoded=True)``) keeps the user's JPEG files as they are, in whatever
+chroma subsampling and quality they were written (``quality`` does not apply): sequential JPEGs in grey or YCbCr,
+which is what this codec decodes. Those images come back exactly as simplejpeg decodes the files.
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ class LmdbStore(Store):
         needed = (info["last_pgno"] + 2) * page
         for batch in batches:
             extra = 700 if self.encoding == JPEG else 80  # a JPEG's markers and tables take about 630 bytes
-            record = HEADER.size + batch[0].nbytes + KEY.size + extra  # room for a pickle frame or PNG chunks
+            pixels = math.prod(batch.shape[1:]) * batch.dtype.itemsize  # from the shape: files of an encoded run too
+            record = HEADER.size + pixels + KEY.size + extra  # room for a pickle frame or PNG chunks
             needed += len(batch) * (math.ceil(record / page) * page if record > page // 2 else 2 * record)
         if needed > info["map_size"]:
             self._env.set_mapsize(math.ceil(needed * 1.5 / MIB) * MIB)

@@ -4,6 +4,9 @@ The index is replaced (write a new one, rename it over the old) only after the P
 batch are on disk, so it is the commit record: ``len(store)`` is the number of index records,
 and a PNG without one (left by an interrupted append) is ignored and later overwritten.
 
+An encoded append (``append(files, labels, encoded=True)``) writes the user's PNG files as they are, so that
+``compress_level`` applies only to the files the store writes itself.
+
 `ImageFileStore` is this layout for any codec: the jpeg store is the same with ``.jpg`` files
 and its own index magic, so that each backend knows its own stores.
 """

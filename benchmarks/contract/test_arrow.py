@@ -12,6 +12,7 @@ import pytest
 
 import storage
 from storage.testing import StoreContract, assert_read_match
+from storage.testing.contract import append_files, encoded_names
 
 IMAGES = np.arange(3 * 4 * 5 * 3, dtype=np.uint8).reshape(3, 4, 5, 3)
 
@@ -65,3 +66,15 @@ def test_an_error_after_the_manifest_was_replaced_keeps_the_committed_parts(tmp_
             store.append(IMAGES[1:], [2, 3])
     with storage.open("arrow", tmp_path / "store") as store:
         assert_read_match(store, None, list(IMAGES), [1, 2, 3])
+
+
+@pytest.mark.parametrize("name", encoded_names("arrow"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store")
+    parts = sorted((tmp_path / "store").glob("part-*.arrow"))
+    assert len(parts) > 1  # one a shape and layout
+    stored = []
+    for part in parts:
+        with pa.memory_map(str(part)) as file:
+            stored += pa.ipc.open_file(file).read_all().column("image").to_pylist()
+    assert stored == files

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import re
+import zlib
+
 import numpy as np
 import pytest
+from PIL import Image
 
 import storage
 from storage import codecs
@@ -78,3 +83,120 @@ def test_unknown_codec_lists_the_known_ones():
 @pytest.mark.parametrize("codec", list(codecs.CODECS.values()), ids=lambda codec: codec.name)
 def test_lossless_codecs_promise_no_psnr_bound(codec):
     assert codec.lossless == (codec.min_psnr is None)
+
+
+# --- files kept as they are: what a file's header says, and which files a codec takes ----------------------------
+
+GREY16 = np.random.default_rng(6).integers(0, 65536, (16, 16), dtype=np.uint16)
+needs_jpeg = pytest.mark.skipif("jpeg" not in codecs.CODECS, reason="the jpeg codec needs simplejpeg")
+
+
+def pillow(image: np.ndarray | Image.Image, file_format: str, **settings) -> bytes:
+    """`image` as a file that Pillow writes."""
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format=file_format, **settings)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "shape", "dtype"),
+    [
+        (IMAGE, (16, 16, 3), "u1"),
+        (np.dstack([IMAGE, IMAGE[..., :1]]), (16, 16, 4), "u1"),
+        (IMAGE[..., 0], (16, 16), "u1"),
+        (GREY16, (16, 16), "u2"),
+    ],
+    ids=["rgb", "rgba", "grey", "grey16"],
+)
+@pytest.mark.parametrize("library", codecs.PNG_LIBRARIES)
+def test_a_png_header_gives_the_layout_of_its_image(image, shape, dtype, library):
+    png = codecs.Png(1, library)
+    for file in (png.encode(image), pillow(image, "PNG", compress_level=9), pillow(image, "PNG", optimize=True)):
+        assert png.file_layout(file) == (shape, np.dtype(dtype))
+        assert np.array_equal(png.decode(file, shape, np.dtype(dtype)), image)
+        assert png.encode(file) is file  # a file is kept as it is
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: pillow(IMAGE, "PNG")[:30], "no PNG signature and IHDR"),
+        (lambda: b"GIF89a" + bytes(40), "no PNG signature and IHDR"),
+        (lambda: pillow(IMAGE, "PNG")[:-1], "ends before its IEND chunk"),
+        (lambda: pillow(IMAGE, "PNG")[:-13] + pillow(IMAGE, "PNG")[-12:], "b'IDAT' chunk at byte"),  # its CRC cut
+        (lambda: pillow(IMAGE[..., 0] > 128, "PNG"), "bit depth 1 and colour type 0"),
+        (lambda: pillow(Image.fromarray(IMAGE).convert("P"), "PNG"), "bit depth 8 and colour type 3"),
+        (lambda: pillow(IMAGE[..., :2], "PNG"), "bit depth 8 and colour type 4"),
+        (lambda: pillow(IMAGE, "PNG", transparency=(1, 2, 3)), "tRNS"),
+        (lambda: pillow(IMAGE[..., 0], "PNG", transparency=7), "tRNS"),
+        (lambda: pillow(IMAGE, "PNG", save_all=True, append_images=[Image.fromarray(IMAGE[::-1])]), "acTL"),
+    ],
+    ids=[
+        "cut-in-ihdr",
+        "gif",
+        "no-iend",
+        "cut-crc",
+        "one-bit",
+        "palette",
+        "grey-alpha",
+        "rgb-trns",
+        "grey-trns",
+        "apng",
+    ],
+)
+def test_png_files_that_are_broken_or_that_the_libraries_decode_differently_are_refused(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        codecs.get("png").file_layout(make())
+
+
+def test_a_png_whose_chunks_are_whole_but_whose_pixels_do_not_decode_passes_the_header_but_not_decoding():
+    file = bytearray(pillow(IMAGE, "PNG"))
+    start = file.index(b"IDAT") + 4
+    end = start + int.from_bytes(file[start - 8 : start - 4], "big")
+    file[start + 2 : start + 10] = bytes(8)  # deflate data changed, its chunk's CRC made to match
+    file[end : end + 4] = zlib.crc32(file[start - 4 : end]).to_bytes(4, "big")
+    for library in codecs.PNG_LIBRARIES:
+        png = codecs.Png(1, library)
+        assert png.file_layout(bytes(file)) == ((16, 16, 3), np.dtype("u1"))
+        with pytest.raises(storage.DamagedStoreError, match="cannot be decoded"):
+            png.decode(bytes(file), (16, 16, 3), np.dtype("u1"))
+
+
+@needs_jpeg
+@pytest.mark.parametrize(
+    ("image", "settings", "shape"),
+    [
+        (IMAGE, {"quality": 80, "subsampling": "4:2:0"}, (16, 16, 3)),
+        (IMAGE, {"quality": 95, "subsampling": "4:4:4"}, (16, 16, 3)),
+        (IMAGE[..., 0], {"quality": 80}, (16, 16)),
+    ],
+    ids=["colour-420", "colour-444", "grey"],
+)
+def test_a_jpeg_frame_header_gives_the_layout_of_its_image(image, settings, shape):
+    jpeg = codecs.get("jpeg")
+    for file in (pillow(image, "JPEG", **settings), jpeg.encode(image)):
+        assert jpeg.file_layout(file) == (shape, np.dtype("u1"))
+        assert jpeg.decode(file, shape, np.dtype("u1")).shape == shape
+        assert jpeg.encode(file) is file
+
+
+@needs_jpeg
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: pillow(IMAGE, "PNG"), "no JPEG file (no start-of-image marker)"),
+        (lambda: b"\xff\xd8\xff\xe0\x00\x10JFIF", "without a frame header"),
+        (lambda: pillow(IMAGE, "JPEG", progressive=True), "frame type SOF2"),
+        (lambda: pillow(Image.fromarray(IMAGE).convert("CMYK"), "JPEG"), "CMYK colour space"),
+        (lambda: pillow(IMAGE, "JPEG")[:400], "cut short or damaged"),
+    ],
+    ids=["png", "no-frame", "progressive", "cmyk", "cut"],
+)
+def test_jpeg_files_the_codec_does_not_decode_are_refused(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        codecs.get("jpeg").file_layout(make())
+
+
+def test_raw_pixels_have_no_file_format():
+    with pytest.raises(ValueError, match="the raw codec has no file format"):
+        codecs.RAW.file_layout(codecs.get("png").encode(IMAGE))

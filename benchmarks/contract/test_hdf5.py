@@ -9,6 +9,7 @@ import pytest
 
 import storage
 from storage.testing import HEADROOM, StoreContract, open_and_read, run_forked
+from storage.testing.contract import append_files, encoded_names
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
 SMOOTH = np.broadcast_to(np.arange(64, dtype=np.uint8)[:, None, None], (12, 64, 64, 3)).copy()
@@ -105,3 +106,12 @@ def test_labels_that_are_not_int64_or_not_there_are_damage(labels, message, tmp_
     outcome = run_forked(lambda: open_and_read("hdf5", tmp_path / "store.h5"), headroom=HEADROOM)
     assert outcome.error == "DamagedStoreError", outcome.describe()
     assert message in outcome.message
+
+
+@pytest.mark.parametrize("name", encoded_names("hdf5"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store.h5")
+    with h5py.File(tmp_path / "store.h5", "r") as file:
+        runs = [file["images"][run] for run in sorted(file["images"])]
+        assert len(runs) > 1  # one a shape and layout
+        assert [row.tobytes() for run in runs for row in run[()]] == files

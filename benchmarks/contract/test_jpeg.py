@@ -12,6 +12,7 @@ from PIL import Image
 import storage
 from storage import codecs
 from storage.testing import HEADROOM, StoreContract, open_and_read, psnr, run_forked
+from storage.testing.contract import append_files
 
 if "jpeg" not in storage.available():
     pytest.skip("the jpeg backend needs simplejpeg, which does not import here", allow_module_level=True)
@@ -156,3 +157,8 @@ def test_jpeg_records_of_other_backends_come_back_close(name, tmp_path):
         assert not store.lossless
         store.append(SMOOTH[np.newaxis], [0])
         assert psnr(store[0][0], SMOOTH) > 35
+
+
+def test_an_encoded_append_keeps_each_file_as_it_is(tmp_path):
+    files = append_files("jpeg", tmp_path / "store")
+    assert [(tmp_path / "store" / f"{number:09d}.jpg").read_bytes() for number in range(len(files))] == files

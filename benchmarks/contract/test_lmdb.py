@@ -15,6 +15,7 @@ import pytest
 import storage
 from storage.lmdb_store import HEADER, HEADER_IN_PICKLE, KEY
 from storage.testing import HEADROOM, StoreContract, assert_read_match, open_and_read, run_forked
+from storage.testing.contract import append_files, encoded_names
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
 LABELS = np.arange(12) * 3 - 7
@@ -205,3 +206,9 @@ def test_a_pickle_this_store_did_not_write_is_damage(forge, tmp_path, capsys):
             store.read()
         assert_read_match(store, [0], [IMAGES[0]], [LABELS[0]])
     assert "unpickled" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", encoded_names("lmdb"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store")
+    assert [record[HEADER.size :] for record in records(tmp_path / "store")] == files

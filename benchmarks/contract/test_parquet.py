@@ -21,7 +21,7 @@ import storage
 from storage import codecs
 from storage.parquet_store import COMPRESSIONS, HF_IMAGE, ROW_GROUP_BYTES, Part, copy_pixels, records
 from storage.testing import HEADROOM, StoreContract, assert_read_match, open_and_read, run_forked
-from storage.testing.contract import DOCUMENTED_ERRORS, damage
+from storage.testing.contract import DOCUMENTED_ERRORS, append_files, damage, encoded_names
 
 IMAGES = np.arange(3 * 4 * 5 * 3, dtype=np.uint8).reshape(3, 4, 5, 3)
 
@@ -237,3 +237,12 @@ def test_damaged_parts_of_every_kind_give_documented_errors_only(tmp_path_factor
     assert not outcome.timed_out, f"{done}: {outcome.describe()}"
     assert outcome.signal is None, f"{done}: {outcome.describe()}"
     assert outcome.error in (None, *DOCUMENTED_ERRORS), f"{done}: {outcome.describe()}"
+
+
+@pytest.mark.parametrize("name", encoded_names("parquet"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store", row_group_size=2)  # runs cut into row groups
+    parts = sorted((tmp_path / "store").glob("part-*.parquet"))
+    assert len(parts) > 1  # one a shape and layout
+    stored = [row["bytes"] for part in parts for row in pq.read_table(part).column("image").to_pylist()]
+    assert stored == files

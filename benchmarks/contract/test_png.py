@@ -10,6 +10,7 @@ import pytest
 
 import storage
 from storage.testing import HEADROOM, StoreContract, open_and_read, run_forked
+from storage.testing.contract import append_files, encoded_names
 
 SMOOTH = np.broadcast_to(np.arange(64, dtype=np.uint8)[:, None, None], (12, 64, 64, 3)).copy()
 
@@ -57,3 +58,9 @@ def test_a_symlink_at_the_next_image_name_is_replaced_not_followed(tmp_path):
         assert np.array_equal(store[1][0], SMOOTH[1, :6, :7])
     assert victim.read_bytes() == b"not yours"
     assert not (tmp_path / "store" / "000000001.png").is_symlink()
+
+
+@pytest.mark.parametrize("name", encoded_names("png"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store")
+    assert [(tmp_path / "store" / f"{number:09d}.png").read_bytes() for number in range(len(files))] == files

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import storage
-from storage import DamagedStoreError, _objects
+from storage import DamagedStoreError, _objects, codecs
 from storage.testing import StoreContract, assert_read_match, run_forked, sample_images
+from storage.testing.contract import append_files
 from storage.testing.places import ObjectPlace, object_place
 
 if "s3" not in storage.available():
@@ -259,3 +260,22 @@ def test_the_layouts_are_told_apart(place) -> None:
     assert storage.detect(path) == "s3"
     with pytest.raises(ValueError, match="holds a s3 store, not a s3-shards store"):
         storage.open("s3-shards", path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("encoding", [encoding for encoding in codecs.CODECS if encoding != "raw"])
+def test_an_encoded_append_keeps_each_file_as_it_is(name, encoding, place) -> None:
+    path = place / "store"
+    files = append_files(name, path, encoding=encoding)
+    store_client = client(path)
+    stored = []
+    for run in manifest_of(path)[1]["runs"]:
+        ends = np.frombuffer(bytes(obstore.get(store_client, f"runs/{run['token']}/index").bytes()), "<i8")[1::2]
+        for number, first in enumerate(range(0, run["count"], run["per_object"])):
+            data = bytes(obstore.get(store_client, _objects.object_key(run["token"], number)).bytes())
+            bounds = [0, *ends[first : first + run["per_object"]].tolist()]  # where records end, in their object
+            stored += [data[start:end] for start, end in zip(bounds, bounds[1:])]
+    assert stored == files
+    decoded = [codecs.get(encoding).decode(file) for file in files]
+    with storage.open(name, path) as store:
+        assert_read_match(store, None, decoded, range(len(files)), codecs.RAW)

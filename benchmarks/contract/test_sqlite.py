@@ -13,6 +13,7 @@ import pytest
 
 import storage
 from storage.testing import HEADROOM, StoreContract, assert_read_match, open_and_read, run_forked
+from storage.testing.contract import append_files, encoded_names
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
 LABELS = np.arange(12) * 3 - 7
@@ -195,3 +196,10 @@ def test_a_symlink_at_a_file_beside_the_store_is_refused_not_followed(suffix, tm
         with pytest.raises(storage.DamagedStoreError, match="not a regular file"):
             storage.open("sqlite", path, mode)
     assert victim.read_bytes() == b"not yours" * 1000
+
+
+@pytest.mark.parametrize("name", encoded_names("sqlite"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store.db")
+    with closing(sqlite3.connect(tmp_path / "store.db")) as db:
+        assert [row[0] for row in db.execute("SELECT pixels FROM images ORDER BY id")] == files

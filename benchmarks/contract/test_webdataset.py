@@ -14,6 +14,7 @@ import webdataset
 import storage
 from storage import _parts, webdataset_store
 from storage.testing import StoreContract
+from storage.testing.contract import append_files, encoded_names
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
 GREY16 = (np.arange(2 * 3 * 7, dtype=np.uint16) * 1543).reshape(2, 3, 7)
@@ -207,3 +208,13 @@ def test_reads_that_span_more_than_one_read_at_a_time_land_in_order(tmp_path, mo
             images, labels = store.read(ids)
             np.testing.assert_array_equal(images, IMAGES[ids])
             assert labels.tolist() == np.arange(5)[ids].tolist()
+
+
+@pytest.mark.parametrize("name", encoded_names("webdataset"))
+def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
+    files = append_files(name, tmp_path / "store", shard_size=2)  # runs cut into shards
+    shards = len(list((tmp_path / "store").glob("part-*.tar")))
+    samples = list(webdataset.WebDataset(urls(tmp_path / "store", shards), shardshuffle=False))
+    extension = webdataset_store.EXTENSIONS.get(storage.backend(name).codec.name, storage.backend(name).codec.name)
+    assert [sample["cls"] for sample in samples] == [str(number).encode() for number in range(len(files))]
+    assert [sample[extension] for sample in samples] == files

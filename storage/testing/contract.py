@@ -136,6 +136,105 @@ def draws_data(share: float) -> Callable[[Callable], Callable]:
     return mark
 
 
+# Layouts of the files an encoded append is tried with, where the codec holds them: colour, grey, RGBA, 16-bit grey.
+ENCODED_LAYOUTS = ((np.dtype("u1"), 3), (np.dtype("u1"), None), (np.dtype("u1"), 4), (np.dtype("u2"), None))
+
+
+def pillow_file(codec: codecs.Codec, image: np.ndarray, **settings: object) -> bytes:
+    """`image` as a file of `codec`'s format written by Pillow, another encoder than the codec's own: a PNG at
+    another compression level, a baseline JPEG at quality 80 with 4:2:0 chroma; `settings` override these."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if codec.name == "png":
+        level = 9 if getattr(codec, "level", 1) != 9 else 0
+        Image.fromarray(image).save(buffer, format="PNG", **{"compress_level": level, **settings})
+    else:
+        Image.fromarray(image).save(buffer, format="JPEG", **{"quality": 80, "subsampling": "4:2:0", **settings})
+    return buffer.getvalue()
+
+
+def encoded_files(codec: codecs.Codec, seed: int = 0) -> list[bytes]:
+    """Small files of random images for an encoded append, alternately written by `codec` and by Pillow, in runs of
+    differing shapes and layouts, the first shape coming back at the end: small enough (under 1 KiB) that every
+    format here keeps each in one piece."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for dtype, channels in ENCODED_LAYOUTS:
+        if codec.accepts(dtype, image_shape(4, 4, channels)):
+            for height, width in ((6, 7), (6, 7), (5, 9)):
+                image = rng.integers(0, np.iinfo(dtype).max, image_shape(height, width, channels), endpoint=True)
+                files += [codec.encode(image.astype(dtype)), pillow_file(codec, image.astype(dtype))]
+    return files + files[:1]
+
+
+def encoded_names(family: str) -> list[str]:
+    """The names of `family` whose stores hold encoded files, which an encoded append keeps as they are."""
+    return [name for name in family_names(family) if storage.backend(name).codec is not codecs.RAW]
+
+
+def append_files(name: str, path: Path | str, **options: object) -> list[bytes]:
+    """Create a store of `name` at `path` and append `encoded_files` of its codec with ``encoded=True``, labelled
+    0, 1, ...: the files, which the store's records must equal byte for byte."""
+    files = encoded_files(storage.backend(name).settings(**options).codec)
+    with storage.open(name, path, "x", durable=False, **options) as store:
+        store.append(files, range(len(files)), encoded=True)
+    return files
+
+
+def other_format_file(codec: codecs.Codec) -> bytes:
+    """A good image file of another format than `codec`'s: a JPEG for a PNG codec, else a PNG."""
+    image = np.zeros((4, 4, 3), np.uint8)
+    return pillow_file(codecs.Jpeg() if codec.name == "png" else codecs.Png(), image)
+
+
+def refused_kind_file(codec: codecs.Codec, kind: int) -> bytes:
+    """A good file of `codec`'s format that its codec refuses (`kind` 0 or 1): a palette PNG or a PNG with a tRNS
+    chunk, which the PNG libraries decode differently; a progressive JPEG or a CMYK one, which the codec never
+    writes."""
+    from PIL import Image
+
+    image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    buffer = io.BytesIO()
+    if codec.name == "png":
+        if kind == 0:
+            image.convert("P").save(buffer, format="PNG")
+        else:
+            image.save(buffer, format="PNG", transparency=(0, 1, 2))
+    elif kind == 0:
+        image.save(buffer, format="JPEG", progressive=True)
+    else:
+        image.convert("CMYK").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+# (id, encoded images made from one good file, error, message): image 0 is good, image 1 is not
+BAD_FILES = [
+    ("truncated", lambda codec, good: [good, good[: len(good) // 2]], ValueError, "the file of image 1"),
+    ("end-cut-off", lambda codec, good: [good, good[:-12]], ValueError, "the file of image 1"),
+    ("cut-in-header", lambda codec, good: [good, good[:20]], ValueError, "file of image 1 is refused"),
+    ("empty", lambda codec, good: [good, b""], ValueError, "file of image 1 is refused"),
+    ("text", lambda codec, good: [good, b"not an image file"], ValueError, "is no"),
+    ("other-format", lambda codec, good: [good, other_format_file(codec)], ValueError, "is no"),
+    ("refused-kind", lambda codec, good: [good, refused_kind_file(codec, 0)], ValueError, "file of image 1 is refused"),
+    ("refused-kind-2", lambda codec, good: [good, refused_kind_file(codec, 1)], ValueError, "image 1 is refused"),
+    (
+        "pixel-array",
+        lambda codec, good: [good, np.frombuffer(good, np.uint8)],
+        TypeError,
+        "image 1 must be an encoded file",
+    ),
+    (
+        "file-name",
+        lambda codec, good: [good, "image.png"],
+        TypeError,
+        "image 1 must be an encoded file (bytes, bytearray or memoryview), not str",
+    ),
+    ("one-bytes-object", lambda codec, good: good, TypeError, "must be a sequence of files"),
+    ("an-array-of-files", lambda codec, good: np.array([good, good]), TypeError, "must be a sequence of files"),
+]
+
+
 # (id, bad images and labels made from two good images, error, message); {shape} is the bad images' shape
 BAD_APPENDS = [
     ("one-label-short", lambda good: (good, [1]), ValueError, "2 images but 1 labels"),
@@ -391,6 +490,56 @@ class StoreContract:
         with storage.open(name, tmp_path / "store", "x") as store:
             store.append(memoryview(images), [1, 2, 3])
             assert_read_match(store, None, list(images), [1, 2, 3])
+
+    # --- encoded appends: files kept as they are --------------------------------------------------
+
+    def test_encoded_files_are_kept_and_read_back_as_their_codec_decodes_them(self, name: str, tmp_path: Path) -> None:
+        """Files written by the codec and by another encoder, in runs of differing shapes, after an append of
+        arrays: each reads back bit-exactly as the codec decodes that file (for JPEG too), through a reopen. A store
+        of raw pixels refuses files and writes nothing."""
+        codec = storage.backend(name).codec
+        images = sample_images(name)
+        with storage.open(name, tmp_path / "store", "x", durable=False) as store:
+            store.append(images, [-1, -2])
+            if codec is codecs.RAW:
+                before = snapshot(store)
+                files = encoded_files(codecs.Png())
+                with pytest.raises(ValueError, match=r"holds raw pixels, so it cannot keep encoded files.*encoding"):
+                    store.append(files, range(len(files)), encoded=True)
+                assert len(store) == 2
+                assert snapshot(store) == before
+                return
+            files = encoded_files(codec)
+            store.append([bytearray(files[0]), memoryview(files[1]), *files[2:]], range(len(files)), encoded=True)
+        expected = [codec.decode(file) for file in files]
+        with storage.open(name, tmp_path / "store") as store:
+            assert len(store) == 2 + len(files)
+            assert_read_match(store, slice(2, None), expected, range(len(files)), codecs.RAW)
+            for image_id in reversed(range(len(files))):
+                got, label = store[2 + image_id]
+                assert_images_match([got], [expected[image_id]], codecs.RAW)
+                assert label == image_id
+            assert_read_match(store, [0, 1], list(images), [-1, -2])
+
+    @pytest.mark.parametrize(
+        ("make", "error", "message"), [case[1:] for case in BAD_FILES], ids=[c[0] for c in BAD_FILES]
+    )
+    def test_bad_encoded_files_are_refused_and_write_nothing(self, store, make, error, message) -> None:
+        """Each bad file is refused with an error naming it, and nothing is written; a store of raw pixels refuses
+        every encoded append alike, before it looks at the files."""
+        good, _ = store.read()
+        codec = codecs.Png() if store.codec is codecs.RAW else store.codec
+        file = codec.encode(good[0])  # sample images are uint8 colour where a store takes them, as PNG does
+        if store.codec is codecs.RAW:
+            error, message = ValueError, "holds raw pixels"
+        before = snapshot(store)
+        with pytest.raises(error, match=re.escape(message)):
+            store.append(make(codec, file), [1, 2], encoded=True)
+        with pytest.raises(TypeError, match="encoded must be True or False"):
+            store.append([file], [1], encoded=1)
+        assert len(store) == 2
+        assert snapshot(store) == before
+        assert_read_match(store, None, list(good), [7, 8], codecs.RAW)
 
     @pytest.mark.parametrize("ids", [1, "01", [0.0, 1.0], [[0, 1]], [True]], ids=repr)
     def test_ids_of_wrong_type_raise_type_error(self, store, ids) -> None:
