@@ -178,7 +178,19 @@ def folder(directory: Path, count: int, strict: bool = False) -> tuple[list[np.n
     An image that cannot be decoded is skipped with an UnreadableImageWarning naming it, or with `strict`
     is a ValueError naming it.
     """
-    images, labels = [], []
+    images, labels, _ = _folder(directory, count, strict)
+    return images, labels
+
+
+@cache
+def folder_files(directory: Path, count: int, strict: bool = False) -> list[bytes]:
+    """The files, byte for byte, of the images `folder` gives."""
+    return [path.read_bytes() for path in _folder(directory, count, strict)[2]]
+
+
+@cache
+def _folder(directory: Path, count: int, strict: bool) -> tuple[list[np.ndarray], np.ndarray, list[Path]]:
+    images, labels, paths = [], [], []
     listing = list_folder(directory, count + SPARE_IMAGES)
     for label, path, _ in listing.images:
         if len(images) == count:
@@ -192,9 +204,10 @@ def folder(directory: Path, count: int, strict: bool = False) -> tuple[list[np.n
             warnings.warn(f"{path} left out: not a readable image ({error})", UnreadableImageWarning, stacklevel=2)
             continue
         labels.append(label)
+        paths.append(path)
     if len(images) < count:
         raise ValueError(f"{listing.describe(directory)}; {len(images)} of them readable, not {count}")
-    return images, np.array(labels, dtype=np.int64)
+    return images, np.array(labels, dtype=np.int64), paths
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,7 @@ class Dataset:
     kind: str
     directory: Path | None = None
     strict: bool = False  # a folder image that cannot be decoded stops the run instead of being left out
+    as_files: bool = False  # stores that hold the files' format keep the files as they are (--store-files)
 
     @classmethod
     def parse(cls, text: str) -> Dataset:
@@ -218,7 +232,11 @@ class Dataset:
 
     @property
     def id(self) -> str:
-        return self.kind
+        return f"{self.kind}+files" if self.as_files else self.kind
+
+    def files(self, count: int) -> list[bytes] | None:
+        """With --store-files, the folder's first `count` image files, byte for byte; else None."""
+        return folder_files(self.directory, count, self.strict) if self.as_files else None
 
     def check(self, count: int) -> None:
         """ValueError saying what a folder holds, unless it holds `count` images in class folders."""

@@ -25,10 +25,33 @@ Source = tuple[Union[np.ndarray, list], np.ndarray]
 RANDOM_READS = 1000  # ids per round of the random-access benchmarks (fewer when a store holds fewer)
 
 
-def store(subject: Subject, path: Path, images: np.ndarray | list, labels: np.ndarray, durable: bool = True) -> None:
-    """Create a store, append everything, close it (fsynced when `durable`): what a store benchmark times."""
+def store(
+    subject: Subject,
+    path: Path,
+    images: np.ndarray | list,
+    labels: np.ndarray,
+    durable: bool = True,
+    files: list[bytes] | None = None,
+) -> object:
+    """Create a store, append everything, close it (fsynced when `durable`): what a store benchmark times. With
+    `files`, the images' files are appended as they are (``encoded=True``) instead of the pixels. The closed store."""
     with subject.open(path, "x", durable=durable) as new_store:
-        new_store.append(images, labels)
+        if files is None:
+            new_store.append(images, labels)
+        else:
+            new_store.append(files, labels, encoded=True)
+    return new_store
+
+
+def files_for(case) -> list[bytes] | None:
+    """The files of the case's images, if the dataset keeps them (--store-files) and the subject's encoding is
+    their format (a JPEG folder for jpeg, lmdb-jpeg, ...); else None, and the subject stores the pixels."""
+    files = case.dataset.files(case.images)
+    codec = getattr(case.subject, "codec", None)
+    if files is None or not isinstance(case.subject, Backend) or codec is None:
+        return None
+    signature = {"png": b"\x89PNG", "jpeg": b"\xff\xd8"}.get(codec.name)
+    return files if signature and all(file.startswith(signature) for file in files) else None
 
 
 def read_all(subject: Subject, path: Path) -> tuple[np.ndarray | list, np.ndarray | None]:
@@ -61,13 +84,16 @@ def raw_bytes(images: np.ndarray | list) -> int:
 def describe(benchmark, experiment: str, case, images: np.ndarray | list, **info: object) -> None:
     """Name the table and record what is measured, before the benchmark runs."""
     benchmark.group = case.group(experiment)
+    if files_for(case) is not None:  # --store-files: this row's store keeps the files, not its own encoding
+        info["stored_files"] = True
+        info["backend"] = f"{case.subject.name} (files)"
     delay = float(os.environ.get(ADDED_ROUND_TRIP) or 0)
     if not case.subject.local and delay:  # --s3-latency: every request paid this round trip on top
         benchmark.group += f" +{delay:g}ms"
         info["added_round_trip_ms"] = delay
     benchmark.extra_info.update(
         experiment=experiment,
-        backend=case.subject.name,
+        backend=info.pop("backend", case.subject.name),
         images=case.images,
         image_size=case.size_label,
         dataset=case.dataset.id,
@@ -114,12 +140,12 @@ def measure_store(benchmark, run_rounds, experiment: str, case, source: Source, 
     describe(benchmark, experiment, case, images, durable=durable)
     if not durable:
         benchmark.group += " no-fsync"
-    run_rounds(lambda target: store(case.subject, target, images, labels, durable), setup)
+    files = files_for(case)
+    run_rounds(lambda target: store(case.subject, target, images, labels, durable, files), setup)
     record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     if not case.subject.local:  # one more store, untimed, that counts its requests
         setup()
-        with case.subject.open(path, "x", durable=durable) as counted:
-            counted.append(images, labels)
+        counted = store(case.subject, path, images, labels, durable, files)
         benchmark.extra_info.update(
             requests=counted.requests,
             requests_per_image=counted.requests / case.images,

@@ -24,7 +24,7 @@ import storage
 from benchmarks import machine, report, summary
 from benchmarks.data import Dataset, parse_size, size_id
 from benchmarks.floor import FLOOR, OBJECT_FLOOR, CodecFloor
-from benchmarks.harness import Source, Subject, peak_memory, store
+from benchmarks.harness import Source, Subject, files_for, peak_memory, store
 from storage.codecs import RAW, Codec
 from storage.testing.places import ObjectPlace
 
@@ -141,6 +141,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="with --dataset folder:DIR, stop at an image that cannot be decoded (default: leave it out and warn)",
     )
     group.addoption(
+        "--store-files",
+        action="store_true",
+        help="with --dataset folder:DIR, backends whose encoding is the files' format (jpeg, parquet-jpeg, ...) "
+        "keep the files as they are (append(..., encoded=True)) instead of encoding the decoded pixels again",
+    )
+    group.addoption(
         "--no-fsync",
         action="store_true",
         help="store benchmarks open stores with durable=False: no fsync, the page-cache cost only",
@@ -170,7 +176,9 @@ def grid(options: argparse.Namespace) -> Grid:
     preset = PRESETS[name]
     counts = options.image_counts or preset.counts
     sizes = options.image_sizes or preset.sizes
-    dataset = replace(options.dataset, strict=options.fail_on_bad_image)
+    dataset = replace(options.dataset, strict=options.fail_on_bad_image, as_files=options.store_files)
+    if options.store_files and dataset.kind != "folder":
+        raise pytest.UsageError("--store-files applies to --dataset folder:DIR, whose images are files")
     if dataset.kind != "synthetic":
         if options.image_sizes:
             raise pytest.UsageError("--image-sizes applies to the synthetic dataset; cifar10 and folder keep their own")
@@ -383,7 +391,7 @@ class BuiltStores:
         if key not in self.built:
             root = self.root if case.subject.local else ObjectPlace(self.request.getfixturevalue("s3_root"))
             path = root / f"{case}-read"
-            store(case.subject, path, images, labels)
+            store(case.subject, path, images, labels, files=files_for(case))
             self.built[key] = path
         return self.built[key]
 

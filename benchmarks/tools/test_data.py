@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import storage
 from benchmarks.data import Dataset, UnreadableImageWarning, cifar10, folder, list_folder, parse_size, synthetic
+from benchmarks.harness import files_for, store
+from benchmarks.plugin import Case
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_synthetic_is_deterministic_and_prefix_stable():
@@ -139,3 +147,52 @@ def test_dataset_option_parsing(tmp_path):
         Dataset.parse(f"cifar10:{tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="synthetic, cifar10:DIR or folder:DIR"):
         Dataset.parse("imagenet")
+
+
+def jpeg_folder(root, count: int = 6) -> list[bytes]:
+    """`count` Pillow JPEGs (quality 90, 4:2:0) in two class folders; their bytes in the order a folder lists them."""
+    images = synthetic(count, (24, 32, 3))[0]
+    for position, image in enumerate(images):
+        (root / f"class-{position % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / f"class-{position % 2}" / f"{position:02d}.jpg", quality=90)
+    return [path.read_bytes() for path in sorted(root.glob("class-*/*.jpg"))]
+
+
+@pytest.mark.skipif("jpeg" not in storage.available(), reason="simplejpeg is not installed")
+def test_store_files_keeps_a_folders_files_as_they_are_where_the_encoding_is_theirs(tmp_path):
+    files = jpeg_folder(tmp_path / "photos")
+    dataset = Dataset("folder", tmp_path / "photos", as_files=True)
+    assert dataset.files(6) == files
+    assert dataset.id == "folder+files"
+    jpeg = Case(storage.backend("jpeg"), 6, None, dataset)
+    assert files_for(jpeg) == files
+    for other in ("npz", "lmdb-png"):  # raw pixels, or another encoding: they store the pixels
+        assert files_for(Case(storage.backend(other), 6, None, dataset)) is None
+    assert files_for(Case(storage.backend("jpeg"), 6, None, Dataset("folder", tmp_path / "photos"))) is None
+    images, labels = dataset.load(6, None)
+    store(jpeg.subject, tmp_path / "store", images, labels, files=files)
+    assert [path.read_bytes() for path in sorted((tmp_path / "store").glob("*.jpg"))] == files
+
+
+def test_store_files_runs_the_benchmarks_on_a_jpeg_folder_and_needs_a_folder(tmp_path):
+    jpeg_folder(tmp_path / "photos")
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks/experiments/test_store.py",
+        "benchmarks/experiments/test_read.py",
+    ]
+    command += ["--benchmark-disable", "-q", "-p", "no:cacheprovider", "--image-counts=6", f"--store-dir={tmp_path}"]
+    backends = ",".join(name for name in ("jpeg", "parquet-jpeg", "npz") if name in storage.available())
+    run = subprocess.run(
+        [*command, f"--dataset=folder:{tmp_path / 'photos'}", "--store-files", f"--backends={backends}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    refused = subprocess.run([*command, "--store-files"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert refused.returncode != 0
+    assert "--store-files applies to --dataset folder:DIR" in refused.stderr

@@ -84,7 +84,7 @@ def test_a_codec_floor_gives_back_what_it_encoded(tmp_path):
 def options(**given: object) -> argparse.Namespace:
     """Parsed grid options, as pytest hands them to the plugin; timing on unless told."""
     chosen = {"preset": None, "backends": None, "image_counts": None, "image_sizes": None, "benchmark_disable": False}
-    chosen["fail_on_bad_image"] = False
+    chosen.update(fail_on_bad_image=False, store_files=False)
     return argparse.Namespace(**{**chosen, "dataset": Dataset("synthetic"), **given})
 
 
