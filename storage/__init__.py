@@ -85,7 +85,8 @@ class Backend:
 
     @property
     def capabilities(self) -> Capabilities:
-        return self.store_class.capabilities
+        """Its stores' capabilities, with this name's options (zarr-tensorstore is not fork-safe, say)."""
+        return self.store_class.capabilities_for(self.settings())
 
     @property
     def local(self) -> bool:

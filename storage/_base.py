@@ -164,6 +164,11 @@ class Store(ABC):
         return Path(os.path.realpath(location))
 
     @classmethod
+    def capabilities_for(cls, options: Options) -> Capabilities:
+        """The capabilities of stores written and read with `options`: the class's, unless an option changes them."""
+        return cls.capabilities
+
+    @classmethod
     def writer_lock(cls, location: Path) -> Path | None:
         """The file an append locks, so that writers take turns; None where the format's library does that."""
         if cls.capabilities.directory:

@@ -33,8 +33,9 @@ on the array's own directory, held to the shape and dtype zarr checked, in a con
 (``fill_missing_data_reads``), where zarr reads zeros. Its errors about a part become DamagedStoreError, but one
 naming the system's error (``os_error_code``: a full disk, say) is that OSError. tensorstore aborts a process forked
 from one in which it ran, so there (a DataLoader worker forked after the store was read, say) the store reads and
-writes through zarr instead, with a RuntimeWarning. The option decides only which library moves the bytes: each
-reads what the other wrote.
+writes through zarr instead, with a RuntimeWarning; its capabilities say it is not fork-safe, so the benchmarks'
+process workers start from a fork server and read through tensorstore. The option decides only which library moves
+the bytes: each reads what the other wrote.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Union
@@ -69,7 +70,7 @@ try:
 except ImportError:  # the option's value "tensorstore" is then refused, and the registry hides the variant
     tensorstore = None
 
-from storage._base import Options
+from storage._base import Capabilities, Options
 from storage._durable import NO_FOLLOW, fsync_path
 from storage._errors import DamagedStoreError
 from storage._parts import Part, PartsStore
@@ -293,6 +294,12 @@ class ZarrStore(PartsStore):
     suffix = ".zarr"
     part_is_directory = True
     Options = ZarrOptions
+
+    @classmethod
+    def capabilities_for(cls, options: ZarrOptions) -> Capabilities:
+        """Through tensorstore, not fork-safe: process workers start by spawn or from a fork server, so that they
+        read through tensorstore too rather than falling back to zarr-python."""
+        return replace(cls.capabilities, fork_safe=False) if options.library == "tensorstore" else cls.capabilities
 
     def _write_part(self, path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         count, shape = len(images), images.shape[1:]

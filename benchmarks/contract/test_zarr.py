@@ -326,3 +326,10 @@ def test_a_tensorstore_error_naming_the_systems_is_that_os_error(tmp_path, code,
     with pytest.raises(raised) as caught, zarr_store.zarr_errors(tmp_path):
         raise ValueError(f'RESOURCE_EXHAUSTED: Error writing local file "{tmp_path}/c.0.0.0"{named}')
     assert raised is not OSError or (caught.type, caught.value.errno) == (OSError, code)
+
+
+@needs_tensorstore
+def test_through_tensorstore_stores_are_not_fork_safe_so_workers_start_by_spawn():
+    assert storage.backend("zarr").capabilities.fork_safe
+    assert not storage.backend("zarr-tensorstore").capabilities.fork_safe
+    assert storage.backend("zarr-tensorstore").capabilities.local
