@@ -311,10 +311,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     for line in summary.render(rows):
         terminalreporter.write_line(line)
     terminalreporter.write_line(
-        "\nmedian: of the rounds; × floor: to the plain-file floor (limit); × codec: to the same codec alone, in memory"
-        "\n(limit-<codec>); disk/image: bytes allocated, × raw: to the raw pixels; peak memory: the most one untimed"
-        "\nround allocated beyond its input (Python and NumPy allocations; memory maps and libraries' own C"
-        "\nallocations are not counted)."
+        "\nmedian: of the rounds; × floor: to the floor (limit: one plain file, or one object for object stores);"
+        "\n× codec: to the same codec alone, in memory (limit-<codec>); disk/image: bytes allocated (object stores:"
+        "\nbytes stored), × raw: to the raw pixels; peak memory: the most one untimed round allocated beyond its input"
+        "\n(Python and NumPy allocations; memory maps and libraries' own C allocations are not counted);"
+        "\nrequests/image: object stores' requests in one more, untimed round."
     )
 
 
