@@ -54,8 +54,9 @@ from obstore.store import S3Store
 from storage import codecs
 from storage._base import Capabilities, EncodingOptions, Store
 from storage._errors import DamagedStoreError
+from storage._parts import checked_part
 from storage._reading import Batch, gather_runs
-from storage.codecs import MAX_SIDE, NUMERIC_KINDS, Codec
+from storage.codecs import Codec
 
 SCHEME = "s3://"
 MANIFESTS = "manifest/"
@@ -63,7 +64,6 @@ RUNS = "runs/"
 MAX_MANIFEST_BYTES = 64 << 20
 KEPT_GENERATIONS = 8
 LEFTOVER_AGE = datetime.timedelta(hours=1)
-RUN_KEYS = ("token", "count", "shape", "dtype", "encoding", "per_object")
 TIMEOUTS = {"connect_timeout": "5s", "timeout": "120s"}  # an unreachable server is an error within seconds
 RETRIES = {
     "max_retries": 2,
@@ -273,31 +273,14 @@ class ObjectStore(Store):
         return generations[-1], [self._run(entry) for entry in listed["runs"]]
 
     def _run(self, entry: object) -> Run:
-        """One manifest entry, checked: a forged one is DamagedStoreError, before anything is allocated for it."""
-        try:
-            if not isinstance(entry, dict) or set(entry) != set(RUN_KEYS):
-                raise TypeError("not a run")
-            token, count, shape, dtype_name, encoding, per_object = (entry[key] for key in RUN_KEYS)
-            if not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{16}", token):
-                raise TypeError("bad token")
-            if not all(isinstance(n, int) and n > 0 for n in (count, per_object)):
-                raise TypeError("bad count")
-            if not (isinstance(shape, list) and len(shape) in (2, 3)):
-                raise TypeError("bad shape")
-            if not all(isinstance(side, int) and 1 <= side <= MAX_SIDE for side in shape):
-                raise TypeError("bad shape")
-            if not isinstance(dtype_name, str) or not isinstance(encoding, str):
-                raise TypeError("bad dtype or encoding")
-            run = Run(token, count, tuple(shape), np.dtype(dtype_name), encoding, per_object)
-            if run.dtype.kind not in NUMERIC_KINDS or run.dtype.byteorder == ">":
-                raise TypeError("a dtype no writer uses")
-            if not run.codec.accepts(run.dtype, run.shape):
-                raise TypeError("a layout no writer makes")
-        except (TypeError, ValueError) as error:
-            raise DamagedStoreError(
-                f"{self.location}'s manifest lists a run no writer makes: {entry!r} ({error})"
-            ) from None
-        return run
+        """One manifest entry, checked as a part's is (see _parts.py), with its token and records per object."""
+        part = checked_part(entry, f"{self.location}'s manifest", extra=("token", "per_object"))
+        token, per_object = entry["token"], entry["per_object"]
+        if not (isinstance(token, str) and re.fullmatch(r"[0-9a-f]{16}", token)):
+            raise DamagedStoreError(f"{self.location}'s manifest lists a run of token {token!r}, which no writer makes")
+        if not (isinstance(per_object, int) and per_object > 0):
+            raise DamagedStoreError(f"{self.location}'s manifest lists a run of {per_object!r} records an object")
+        return Run(token, *part, per_object)
 
     def _load(self, latest: tuple[int, list[Run]]) -> None:
         """Take the runs of manifest generation `latest` beyond those already loaded, reading their indexes."""

@@ -158,27 +158,7 @@ class PartsStore(Store):
             raise ValueError(f"{self.location} is no {self.name} image store")
         if set(listed) != {"format", "parts"} or not isinstance(listed["parts"], list):
             raise DamagedStoreError(f"{manifest} does not list parts")
-        return [self._part(entry, manifest) for entry in listed["parts"]]
-
-    def _part(self, entry: object, manifest: Path) -> Part:
-        """One manifest entry, checked: a forged entry is DamagedStoreError, before anything is allocated for it."""
-        try:
-            if not isinstance(entry, dict) or set(entry) != PART_KEYS:
-                raise TypeError("not a part")
-            count, shape, dtype_name, encoding = entry["count"], entry["shape"], entry["dtype"], entry["encoding"]
-            if not (isinstance(count, int) and count > 0 and isinstance(shape, list) and len(shape) in (2, 3)):
-                raise TypeError("bad count or shape")
-            if not all(isinstance(side, int) and 1 <= side <= MAX_SIDE for side in shape):
-                raise TypeError("bad shape")
-            if not isinstance(dtype_name, str) or not isinstance(encoding, str):
-                raise TypeError("bad dtype or encoding")
-            dtype = np.dtype(dtype_name)
-            part = Part(count, tuple(shape), dtype, encoding)
-            if dtype.kind not in NUMERIC_KINDS or dtype.byteorder == ">" or not part.codec.accepts(dtype, part.shape):
-                raise TypeError("a layout no writer makes")
-        except (TypeError, ValueError) as error:
-            raise DamagedStoreError(f"{manifest} lists a part that no writer makes: {entry!r} ({error})") from None
-        return part
+        return [checked_part(entry, manifest) for entry in listed["parts"]]
 
     def _manifest_bytes(self, parts: Iterable[Part]) -> bytes:
         entries = [
@@ -252,6 +232,28 @@ class PartsStore(Store):
         for handle in self._handles:
             self._close_part(handle)
         self._handles = []
+
+
+def checked_part(entry: object, where: object, extra: tuple[str, ...] = ()) -> Part:
+    """A manifest's entry of one part (with `extra` keys too: what an object store's run adds), checked: a forged
+    entry is DamagedStoreError naming `where`, before anything is allocated for it."""
+    try:
+        if not isinstance(entry, dict) or set(entry) != PART_KEYS | set(extra):
+            raise TypeError("not a part")
+        count, shape, dtype_name, encoding = entry["count"], entry["shape"], entry["dtype"], entry["encoding"]
+        if not (isinstance(count, int) and count > 0 and isinstance(shape, list) and len(shape) in (2, 3)):
+            raise TypeError("bad count or shape")
+        if not all(isinstance(side, int) and 1 <= side <= MAX_SIDE for side in shape):
+            raise TypeError("bad shape")
+        if not isinstance(dtype_name, str) or not isinstance(encoding, str):
+            raise TypeError("bad dtype or encoding")
+        dtype = np.dtype(dtype_name)
+        part = Part(count, tuple(shape), dtype, encoding)
+        if dtype.kind not in NUMERIC_KINDS or dtype.byteorder == ">" or not part.codec.accepts(dtype, part.shape):
+            raise TypeError("a layout no writer makes")
+    except (TypeError, ValueError) as error:
+        raise DamagedStoreError(f"{where} lists a part that no writer makes: {entry!r} ({error})") from None
+    return part
 
 
 def decode_into(part: Part, records: Iterable[bytes | memoryview], out: np.ndarray) -> None:
