@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import storage
-from storage import DamagedStoreError, _objects, codecs
+from storage import DamagedStoreError, codecs
 from storage.testing import StoreContract, assert_read_match, run_forked, sample_images
 from storage.testing.contract import append_files
 from storage.testing.places import ObjectPlace, object_place
@@ -20,7 +20,9 @@ from storage.testing.places import ObjectPlace, object_place
 if "s3" not in storage.available():
     pytest.skip("obstore is not installed: pip install -e '.[s3]'", allow_module_level=True)
 
-import obstore
+import obstore  # the backends' library: imported, like storage._objects, only where it is installed
+
+from storage import _objects
 
 pytestmark = pytest.mark.s3
 
