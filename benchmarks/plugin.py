@@ -41,7 +41,7 @@ class Preset:
     training: bool | None = False
     variants: bool = False  # every variant beside its backend, unless --backends says otherwise
     paired: bool = False  # counts[i] goes with sizes[i] only, rather than every count with every size
-    object_store: bool = False  # the backends whose stores live in an object store, rather than the local ones
+    object_store: bool | None = False  # the object-store backends rather than the local ones; None: both
 
 
 PRESETS = {
@@ -70,7 +70,13 @@ PRESETS = {
         paired=True,
         object_store=True,
     ),
-    "smoke": Preset((20, 300), (CIFAR,), "20 and 300 images, every experiment; the default with timing off", None),
+    "smoke": Preset(
+        (20, 300),
+        (CIFAR,),
+        "20 and 300 images, every experiment and backend (object stores too); the default with timing off",
+        None,
+        object_store=None,
+    ),
 }
 MAX_ROUNDS = 200
 
@@ -196,7 +202,7 @@ def grid(options: argparse.Namespace) -> Grid:
 
 def _kept(name: str, preset: Preset) -> bool:
     """Whether a preset runs a backend by default: object-store backends in the object-store presets only."""
-    return storage.backend(name).capabilities.local != preset.object_store
+    return preset.object_store is None or storage.backend(name).capabilities.local != preset.object_store
 
 
 @dataclass(frozen=True)
@@ -286,7 +292,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     else:
         cells = chosen.cells()
     cases = [Case(subject, n, size, chosen.dataset) for n, size in cells for subject in subjects]
-    metafunc.parametrize("case", cases, ids=str)
+    marked = [pytest.param(case, marks=() if case.subject.local else pytest.mark.s3) for case in cases]
+    metafunc.parametrize("case", marked, ids=str)  # the s3 mark: cases that need the S3 server
 
 
 @pytest.hookimpl(hookwrapper=True)
