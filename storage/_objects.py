@@ -240,7 +240,7 @@ class ObjectStore(Store):
     def disk_usage(self) -> int:
         """Bytes of the store's objects (what the server bills; its disk layout is its own)."""
         with reported(self.location):
-            return sum(int(entry["size"]) for entry in _listed(self.location, ""))
+            return sum(int(entry["size"]) for entry in _collect(self._client, ""))
 
     # --- the skeleton ----------------------------------------------------------------------
 
@@ -306,15 +306,9 @@ class ObjectStore(Store):
             )
         return np.frombuffer(data, "<i8").reshape(run.count, 2).astype(np.int64)
 
-    def _last_commit(self) -> tuple[int, ...] | None:
-        try:
-            generations = _generations(self._client)
-        except (AttributeError, BaseError):  # not opened yet, or the server is away: catch up at the append
-            return None
-        self._count_request(0)
-        return (generations[-1],) if generations else None
-
     def _refresh(self) -> None:
+        """Read the newest manifest before every append (there is no commit file to compare first): its LIST is
+        what tells of other writers' appends."""
         with reported(self.location):
             self._load(self._read_manifest())
 
@@ -329,7 +323,7 @@ class ObjectStore(Store):
             cutoff = datetime.datetime.now(datetime.timezone.utc) - LEFTOVER_AGE
             old = [
                 entry["path"]
-                for entry in _listed(self.location, RUNS)
+                for entry in _collect(self._client, RUNS)
                 if entry["path"].split("/")[1] not in listed and entry["last_modified"] < cutoff
             ]
             old += [_manifest_key(number) for number in _generations(self._client)[:-KEPT_GENERATIONS]]
@@ -357,23 +351,22 @@ class ObjectStore(Store):
 
     def _new_run(self, batch: np.ndarray) -> tuple[Run, list[Awaitable], np.ndarray]:
         """A new run of `batch`: its manifest entry, the PUTs of its objects, and where each record ends."""
-        if self.codec is codecs.RAW:
-            records: list = list(batch.reshape(len(batch), -1).view(np.uint8))
-        else:
-            records = [self.codec.encode(image) for image in batch]
-        sizes = np.array([len(record) for record in records], np.int64)
+        raw = self.codec is codecs.RAW
+        records = None if raw else [self.codec.encode(image) for image in batch]
+        image_bytes = math.prod(batch.shape[1:]) * batch.dtype.itemsize
+        sizes = np.full(len(batch), image_bytes, np.int64) if raw else np.array([len(r) for r in records], np.int64)
         per_object = self._per_object(sizes)
         run = Run(secrets.token_hex(8), len(batch), batch.shape[1:], batch.dtype, self.codec.name, per_object)
         puts = []
-        for number, first in enumerate(range(0, len(records), per_object)):
-            chunk = records[first : first + per_object]
-            if self.codec is codecs.RAW:
+        for number, first in enumerate(range(0, len(batch), per_object)):
+            if raw:
                 data = batch[first : first + per_object].reshape(-1).view(np.uint8)  # no copy
             else:
+                chunk = records[first : first + per_object]
                 data = chunk[0] if len(chunk) == 1 else b"".join(chunk)
             puts.append(self._put(object_key(run.token, number), data))
-        firsts = range(0, len(sizes), per_object)
-        ends = np.concatenate([np.cumsum(sizes[first : first + per_object]) for first in firsts])
+        ends = np.cumsum(sizes)  # within the run, then within each record's object
+        ends -= np.concatenate([[0], ends])[np.arange(len(sizes)) // per_object * per_object]
         return run, puts, ends
 
     def _read(self, ids: np.ndarray) -> tuple[Batch, np.ndarray]:

@@ -50,18 +50,11 @@ class S3ShardsStore(ObjectStore):
     async def _get_run(self, run: Run, starts: np.ndarray, ends: np.ndarray, local: np.ndarray, out: np.ndarray):
         shards = local // run.per_object
         order = np.lexsort((starts[local], shards))  # by shard, then by place in it
-        gets = []
-        first = 0
-        for stop in range(1, len(order) + 1):  # a GET per cluster of records closer than gap_bytes in one shard
-            done = stop == len(order)
-            if not done:
-                before, after = local[order[stop - 1]], local[order[stop]]
-                same = shards[order[stop]] == shards[order[stop - 1]]
-                if same and starts[after] - ends[before] < self.options.gap_bytes:
-                    continue
-            gets.append(self._get_cluster(run, starts, ends, local, order[first:stop], out))
-            first = stop
-        await asyncio.gather(*gets)
+        ids, in_shard = local[order], shards[order]
+        # a GET per cluster of records in one shard, each less than gap_bytes after the one before
+        apart = (in_shard[1:] != in_shard[:-1]) | (starts[ids[1:]] - ends[ids[:-1]] >= self.options.gap_bytes)
+        clusters = np.split(order, np.flatnonzero(apart) + 1)
+        await asyncio.gather(*(self._get_cluster(run, starts, ends, local, cluster, out) for cluster in clusters))
 
     async def _get_cluster(self, run, starts, ends, local, positions, out) -> None:
         """One merged range of one shard: the records of `local[positions]`, copied to `out[positions]`."""

@@ -25,11 +25,10 @@ class S3Store(ObjectStore):
 
     async def _get_run(self, run: Run, starts: np.ndarray, ends: np.ndarray, local: np.ndarray, out: np.ndarray):
         async def get(position: int, image_id: int) -> None:
-            key = object_key(run.token, image_id // run.per_object)
-            start, end = int(starts[image_id]), int(ends[image_id])
-            data = await self._get(key, start, end) if run.per_object > 1 else await self._get(key, 0, None)
-            if data.nbytes != end - start:
-                raise DamagedStoreError(f"{self.location}/{key} holds {data.nbytes} bytes; its index says {end}")
+            key = object_key(run.token, image_id)  # this layout writes one record an object
+            data = await self._get(key, 0, None)
+            if data.nbytes != ends[image_id] - starts[image_id]:
+                raise DamagedStoreError(f"{self.location}/{key} holds {data.nbytes} bytes; its index says otherwise")
             out[position] = run.codec.decode(data, run.shape, run.dtype)
 
         await asyncio.gather(*(get(position, image_id) for position, image_id in enumerate(local.tolist())))

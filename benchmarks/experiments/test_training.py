@@ -226,8 +226,7 @@ def test_parallel_read_many(benchmark, run_rounds, case, source, built_stores, w
         futures = [pool.submit(read_range, case.subject.name, str(path), *bound, check) for bound in ranges]
         return [future.result() for future in futures]
 
-    fork_safe = getattr(case.subject, "capabilities", storage.Capabilities(directory=False)).fork_safe
-    with make_pool(pool_kind, workers, fork_safe) as pool:
+    with make_pool(pool_kind, workers, case.subject.capabilities.fork_safe) as pool:
         counts = run_rounds(read_in_parallel)
         digests = read_in_parallel(check=True)  # one more round, untimed, that fingerprints what each worker read
     assert sum(counts) == case.images
