@@ -10,8 +10,8 @@ returns it with no labels.
 `OBJECT_FLOOR`, the `limit` row of the object-store tables: the same pixel bytes as one object, stored with one
 PUT and read with one GET.
 
-`CodecFloor(codec)`, the `limit-<codec>` rows of store-many and read-many tables that hold a
-backend writing encoded images: the codec alone, no container and no files. Its append encodes
+`CodecFloor(codec)`, the `limit-<codec>` rows of the store-many, read-many (warm and cold) and growth
+tables that hold a backend writing encoded images: the codec alone, no container and no files. Its append encodes
 each image into memory; its read decodes the bytes held in memory into one array, as the
 backends' reads do. A backend's ratio to it is what its container and code add to its codec.
 """
@@ -150,6 +150,10 @@ class CodecFloor:
 
     def files(self, path: Path) -> list[Path]:
         return []  # nothing on disk
+
+    def copy(self, source: Path, target: Path) -> None:
+        """Hold at `target` what `source` holds, as a copy of a store's files would (a growth round's start)."""
+        self.held[target] = tuple(list(kept) for kept in self.held[source])
 
 
 class ObjectFile:

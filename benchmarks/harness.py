@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 from typing import Callable, Union
@@ -15,12 +16,13 @@ from typing import Callable, Union
 import numpy as np
 
 from benchmarks.floor import CodecFloor, Floor, pixel_bytes
+from benchmarks.tutorial import Tutorial
 from storage import Backend
 from storage._base import allocated_bytes
 from storage.testing import assert_images_match
 from storage.testing.places import ADDED_ROUND_TRIP
 
-Subject = Union[Backend, Floor, CodecFloor]
+Subject = Union[Backend, Floor, CodecFloor, Tutorial]
 Source = tuple[Union[np.ndarray, list], np.ndarray]
 RANDOM_READS = 1000  # ids per round of the random-access benchmarks (fewer when a store holds fewer)
 
@@ -54,6 +56,16 @@ def files_for(case) -> list[bytes] | None:
     return files if signature and all(file.startswith(signature) for file in files) else None
 
 
+def copy_store(subject: Subject, source: Path, target: Path) -> None:
+    """Make `target` a copy of the closed store at `source` (a codec floor copies what it holds in memory)."""
+    if isinstance(subject, CodecFloor):
+        subject.copy(source, target)
+    elif source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
 def read_all(subject: Subject, path: Path) -> tuple[np.ndarray | list, np.ndarray | None]:
     """Open a store, read every image in id order, close: what a read-many benchmark times."""
     with subject.open(path) as opened:
@@ -66,7 +78,7 @@ def check_read_back(subject: Subject, got: tuple, images: np.ndarray | list, lab
     if got_labels is None:  # the floor keeps the pixel bytes only
         assert np.array_equal(got_images, pixel_bytes(images))
         return
-    if isinstance(images, np.ndarray):
+    if isinstance(images, np.ndarray) and getattr(subject, "stacks", True):  # the tutorial's PNG reader: a list
         assert isinstance(got_images, np.ndarray)
     assert_images_match(got_images, images, subject.codec)
     assert np.array_equal(got_labels, labels)

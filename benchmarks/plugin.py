@@ -25,6 +25,7 @@ from benchmarks import machine, report, summary
 from benchmarks.data import Dataset, parse_size, size_id
 from benchmarks.floor import FLOOR, OBJECT_FLOOR, CodecFloor
 from benchmarks.harness import Source, Subject, files_for, peak_memory, store
+from benchmarks.tutorial import TUTORIALS
 from storage.codecs import RAW, Codec
 from storage.testing.places import ObjectPlace
 
@@ -42,11 +43,17 @@ class Preset:
     variants: bool = False  # every variant beside its backend, unless --backends says otherwise
     paired: bool = False  # counts[i] goes with sizes[i] only, rather than every count with every size
     object_store: bool | None = False  # the object-store backends rather than the local ones; None: both
+    tutorial: bool = False  # the 2019 tutorial's methods beside their backends (benchmarks.tutorial)
 
 
 PRESETS = {
     "default": Preset((100, 10_000), (CIFAR,), "100 and 10,000 images of 32x32x3"),
-    "classic": Preset((1, 10, 100, 1_000, 10_000, 100_000), (CIFAR,), "the 2019 tutorial's 1 to 100,000 of 32x32x3"),
+    "classic": Preset(
+        (1, 10, 100, 1_000, 10_000, 100_000),
+        (CIFAR,),
+        "the 2019 tutorial's 1 to 100,000 of 32x32x3, with its methods as rows",
+        tutorial=True,
+    ),
     "large": Preset((10, 100, 1_000), ((256, 256, 3), (512, 512, 3)), "10 to 1,000 images of 256x256x3 and 512x512x3"),
     "training": Preset((10_000,), (CIFAR,), "the training-read experiments only, 10,000 of 32x32x3", training=True),
     "variants": Preset(
@@ -76,6 +83,7 @@ PRESETS = {
         "20 and 300 images, every experiment and backend (object stores too); the default with timing off",
         None,
         object_store=None,
+        tutorial=True,
     ),
 }
 MAX_ROUNDS = 200
@@ -158,6 +166,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="store benchmarks open stores with durable=False: no fsync, the page-cache cost only",
     )
     group.addoption("--store-dir", help="directory for the stores under test (default: pytest's temporary directory)")
+    group.addoption(
+        "--tutorial",
+        action="store_true",
+        help="add the 2019 tutorial's methods (tutorial-png, tutorial-hdf5) to the store-many and read-many tables "
+        "beside their backends (the classic preset has them)",
+    )
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,7 @@ class Grid:
     dataset: Dataset
     training: bool | None = False  # as Preset.training
     paired: bool = False  # as Preset.paired
+    tutorial: bool = False  # as Preset.tutorial
 
     def cells(self) -> list[tuple[int, tuple[int, ...] | None]]:
         """The (count, size) cells, in order."""
@@ -197,7 +212,8 @@ def grid(options: argparse.Namespace) -> Grid:
         name for name in storage.available(variants=preset.variants) if _kept(name, preset)
     )
     paired = preset.paired and not (options.image_counts or options.image_sizes or dataset.kind != "synthetic")
-    return Grid(backends, counts, sizes, dataset, preset.training, paired)
+    tutorial = (preset.tutorial or options.tutorial) and dataset.kind != "folder"  # a folder's images may differ
+    return Grid(backends, counts, sizes, dataset, preset.training, paired, tutorial)
 
 
 def _kept(name: str, preset: Preset) -> bool:
@@ -240,6 +256,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "codec_floor: also run each codec of the chosen backends alone, as the rows 'limit-<codec>'"
     )
+    config.addinivalue_line("markers", "tutorial_row: also run the 2019 tutorial's methods (benchmarks.tutorial)")
     config.addinivalue_line("markers", "single_image: one image per store instead of the grid's counts")
     config.addinivalue_line("markers", "gate: end-to-end runs of the regression gate (about a minute; pytest -m gate)")
     config.addinivalue_line("markers", "s3: against a real S3 server (SeaweedFS, started for the run)")
@@ -284,6 +301,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     subjects = [storage.backend(name) for name in chosen.backends]
     if metafunc.definition.get_closest_marker("limit_row"):  # where the grid's stores live: plain file or object
         subjects.append(FLOOR if any(subject.local for subject in subjects) or not subjects else OBJECT_FLOOR)
+    if metafunc.definition.get_closest_marker("tutorial_row") and chosen.tutorial:
+        families = {storage.backend(name).family for name in chosen.backends}
+        subjects += [tutorial for family, tutorial in TUTORIALS.items() if family in families]
     if metafunc.definition.get_closest_marker("codec_floor"):
         encoded = {s.codec for s in subjects if s not in (FLOOR, OBJECT_FLOOR) and s.codec is not RAW}
         subjects += [codec_floor(codec) for codec in sorted(encoded, key=lambda codec: codec.label)]
@@ -322,6 +342,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         "\n× codec: to the same codec alone, in memory (limit-<codec>); disk/image: bytes allocated (object stores:"
         "\nbytes stored), × raw: to the raw pixels; peak memory: the most one untimed round allocated beyond its input"
         "\n(Python and NumPy allocations; memory maps and libraries' own C allocations are not counted);"
+        "\n× tutorial: to the 2019 tutorial's method of the backend's family (tutorial-png, tutorial-hdf5);"
         "\nrequests/image: object stores' requests in one more, untimed round."
     )
 

@@ -3,7 +3,8 @@
 Each row is a backend: median time, ratio to the floor (`limit`) where the table has one, ratio to the
 floor of its codec (`limit-<codec>`, the codec alone) where it encodes its images, images per second,
 bytes on disk per image and their ratio to the raw pixels (store tables), the peak memory a round
-allocated beyond its input, and for object stores the requests a round sent per image. The fastest row is
+allocated beyond its input, the ratio to the 2019 tutorial's method of the same family where the table has one
+(`tutorial-png`), and for object stores the requests a round sent per image. The fastest row is
 marked with ``*``. Lines stay within 120 columns.
 """
 
@@ -15,10 +16,12 @@ from itertools import groupby
 import storage
 from benchmarks.floor import FLOOR, codec_floor_name
 from benchmarks.report import Result
+from benchmarks.tutorial import TUTORIAL_PREFIX, TUTORIALS
 from storage.codecs import RAW
 
 WIDTH = 120
 COLUMNS = ("", "backend", "median", "× floor", "× codec", "images/s", "disk/image", "× raw", "peak memory")
+TUTORIAL_COLUMN = "× tutorial"  # in tables that have a row of the tutorial's methods
 
 
 def duration(seconds: float) -> str:
@@ -43,7 +46,8 @@ def table(rows: list[Result]) -> list[str]:
     medians = {row.backend: row.median for row in rows}
     fastest = min(row.median for row in rows)
     requests = any(row.requests_per_image is not None for row in rows)  # a table of object stores
-    cells = [(*COLUMNS, "requests/image") if requests else COLUMNS]
+    tutorial = any(row.backend.startswith(TUTORIAL_PREFIX) for row in rows)
+    cells = [(*COLUMNS, *([TUTORIAL_COLUMN] if tutorial else []), *(["requests/image"] if requests else []))]
     for row in sorted(rows, key=lambda row: row.median):
         disk_ratio = row.disk_per_image / (row.raw_bytes / row.images) if row.disk_per_image and row.raw_bytes else None
         cells.append(
@@ -57,6 +61,11 @@ def table(rows: list[Result]) -> list[str]:
                 size(row.disk_per_image),
                 f"{disk_ratio:.2f}" if disk_ratio else "",
                 size(row.peak_memory),
+                *(
+                    [f"{row.median / medians[mine]:.2f}" if (mine := tutorial_of(row.backend)) in medians else ""]
+                    if tutorial
+                    else []
+                ),
                 *([f"{row.requests_per_image:.3g}" if row.requests_per_image is not None else ""] if requests else []),
             )
         )
@@ -73,10 +82,19 @@ def table(rows: list[Result]) -> list[str]:
 
 def codec_floor_of(backend: str) -> str | None:
     """The name of the row of `backend`'s codec alone, or None for raw pixels and names not available here."""
+    tutorial = next((method for method in TUTORIALS.values() if method.name == backend), None)
+    if tutorial is None and backend not in storage.available():
+        return None
+    codec = tutorial.codec if tutorial else storage.backend(backend).codec
+    return None if codec is RAW else codec_floor_name(codec)
+
+
+def tutorial_of(backend: str) -> str | None:
+    """The row of the tutorial's method for `backend`'s family (``tutorial-png`` for png-pillow), or None."""
     if backend not in storage.available():
         return None
-    codec = storage.backend(backend).codec
-    return None if codec is RAW else codec_floor_name(codec)
+    method = TUTORIALS.get(storage.backend(backend).family)
+    return method.name if method else None
 
 
 def render(rows: Iterable[Result]) -> list[str]:

@@ -61,6 +61,7 @@ def test_read_one_open_store(benchmark, case, source, built_stores):
 
 
 @pytest.mark.limit_row
+@pytest.mark.tutorial_row
 @pytest.mark.codec_floor
 def test_read_many(benchmark, run_rounds, case, source, built_stores):
     images, labels = source

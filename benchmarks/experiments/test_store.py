@@ -15,6 +15,7 @@ def test_store_one(benchmark, run_rounds, case, source, fresh_target, durable):
 
 
 @pytest.mark.limit_row
+@pytest.mark.tutorial_row
 @pytest.mark.codec_floor
 def test_store_many(benchmark, run_rounds, case, source, fresh_target, durable):
     measure_store(benchmark, run_rounds, "store-many", case, source, fresh_target, durable)

@@ -1,7 +1,8 @@
 """How training reads (the training preset, and smoke): growth, random access, cold cache, parallel readers.
 
 - grow-10%: open a store of N, append N/10 more, close (fsynced unless --no-fsync); every round from a
-  fresh copy of the store of N, made outside timing; beside the floor, which appends to a copy of its file.
+  fresh copy of the store of N, made outside timing; beside the floor, which appends to a copy of its file, and
+  the codec floors, which encode the N/10 images;
   It is the case that breaks a badly sized LMDB map and costs hdf5 and npz a copy of their file.
 - random-each: ``store[i]`` for K seeded random ids, one at a time, from an open store;
 - random-batch: the same K ids as one ``store.read(ids)`` call, from an open store;
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import shutil
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import pytest
 
 import storage
 from benchmarks.cache import CAN_EVICT, evict, resident_fraction
-from benchmarks.harness import check_read_back, describe, random_ids, read_all, record_transfers
+from benchmarks.harness import check_read_back, copy_store, describe, random_ids, read_all, record_transfers
 from storage.testing import assert_images_match
 
 pytestmark = pytest.mark.training
@@ -42,6 +42,7 @@ ONE_WORKER: dict[tuple[str, str], float] = {}  # (case, pool) -> median with one
 
 
 @pytest.mark.limit_row
+@pytest.mark.codec_floor
 def test_grow(benchmark, run_rounds, case, source, built_stores, fresh_target, durable):
     if not case.subject.local:
         pytest.skip("each round starts from a copy of the store of N: a copy of a local directory or file")
@@ -54,7 +55,7 @@ def test_grow(benchmark, run_rounds, case, source, built_stores, fresh_target, d
 
     def fresh_copy():
         clear()
-        (shutil.copytree if original.is_dir() else shutil.copy2)(original, path)
+        copy_store(case.subject, original, path)
         return (path,), {}
 
     def grow(target: Path) -> None:
@@ -145,6 +146,7 @@ class Eviction:
 
 @needs_eviction
 @pytest.mark.limit_row
+@pytest.mark.codec_floor
 def test_read_many_cold(benchmark, run_rounds, case, source, built_stores):
     skip_unless_local(case)
     images, labels = source

@@ -51,6 +51,19 @@ def test_an_encoding_backend_is_divided_by_its_codec_floor_too():
     assert npz[3:5] == ["2.00", "2.5e+05"]  # raw pixels: no codec ratio, images/s follows
 
 
+def test_a_backend_is_divided_by_the_tutorials_method_of_its_family():
+    lines = summary.table(
+        [row("png-pillow", 0.5), row("png", 0.2), row("tutorial-png", 0.8), row("limit-png-pillow-level6", 0.7)]
+    )
+    assert lines[0].split()[-2:] == ["×", "tutorial"]
+    cells = {tokens[0]: tokens for tokens in (line.lstrip("* ").split() for line in lines[1:])}
+    assert cells["png"][-1] == "0.25"
+    assert cells["png-pillow"][-1] == "0.62"
+    assert cells["tutorial-png"][-1] == "1.25e+03"  # images/s: no ratio to itself
+    assert cells["tutorial-png"][3] == "1.14"  # over its own codec floor, Pillow at level 6
+    assert "tutorial" not in summary.table([row("npz", 0.004), row("limit", 0.002)])[0]
+
+
 def test_object_store_tables_show_the_requests_per_image():
     lines = summary.table([row("s3", 3.0, requests_per_image=1.0003), row("limit", 0.03, requests_per_image=0.0001)])
     assert lines[0].split()[-1] == "requests/image"
