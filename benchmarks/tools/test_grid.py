@@ -71,6 +71,19 @@ def test_each_codec_of_the_chosen_backends_gets_a_floor_row_in_store_and_read_ta
     assert rows("benchmarks/experiments/test_read.py::test_read_many", "npz,hdf5") == {"npz", "hdf5", "limit"}
 
 
+def test_the_tutorials_methods_join_their_families_tables_when_asked():
+    def rows(*given: str) -> set[str]:
+        result = collect("benchmarks/experiments/test_store.py::test_store_many", *given, "--image-counts=7")
+        return {line.split("[")[1].split("-n=")[0] for line in result.stdout.splitlines() if "[" in line}
+
+    chosen = ("--backends=png,hdf5", "--image-sizes=8x8")
+    assert {"tutorial-png", "tutorial-hdf5"} <= rows(*chosen, "--tutorial")
+    assert not {"tutorial-png", "tutorial-hdf5"} & rows(*chosen)
+    assert "tutorial-hdf5" not in rows("--backends=png", "--image-sizes=8x8", "--tutorial")  # only beside its family
+    assert grid(options(preset="classic")).tutorial
+    assert not grid(options()).tutorial
+
+
 def test_a_codec_floor_gives_back_what_it_encoded(tmp_path):
     floor = CodecFloor(codecs.get("png"))
     images = np.random.default_rng(0).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
@@ -84,7 +97,7 @@ def test_a_codec_floor_gives_back_what_it_encoded(tmp_path):
 def options(**given: object) -> argparse.Namespace:
     """Parsed grid options, as pytest hands them to the plugin; timing on unless told."""
     chosen = {"preset": None, "backends": None, "image_counts": None, "image_sizes": None, "benchmark_disable": False}
-    chosen.update(fail_on_bad_image=False, store_files=False)
+    chosen.update(fail_on_bad_image=False, store_files=False, tutorial=False)
     return argparse.Namespace(**{**chosen, "dataset": Dataset("synthetic"), **given})
 
 
