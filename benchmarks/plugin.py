@@ -342,6 +342,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         "\n× codec: to the same codec alone, in memory (limit-<codec>); disk/image: bytes allocated (object stores:"
         "\nbytes stored), × raw: to the raw pixels; peak memory: the most one untimed round allocated beyond its input"
         "\n(Python and NumPy allocations; memory maps and libraries' own C allocations are not counted);"
+        "\n× pixels, mapped (read-many): one more read in a fresh process, its private memory over the pixels it"
+        "\nreturns (all it allocated; t: tracemalloc's figure) and the pages of mapped files it held;"
         "\n× tutorial: to the 2019 tutorial's method of the backend's family (tutorial-png, tutorial-hdf5);"
         "\nrequests/image: object stores' requests in one more, untimed round."
     )

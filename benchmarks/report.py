@@ -44,10 +44,12 @@ class Result:
     iqr: float
     raw_bytes: int  # raw pixel bytes of all its images
     disk_per_image: float | None
-    peak_memory: int | None  # bytes one untimed round allocated beyond its input
+    peak_memory: int | None  # bytes one untimed round allocated beyond its input (tracemalloc)
     page_cache: str
     workers: int | None
     requests_per_image: float | None = None  # object stores: requests one untimed round sent, per image
+    private_memory: int | None = None  # read-many in a fresh process: peak private bytes above those before it
+    mapped_memory: int | None = None  # ... and the bytes of mapped files' pages resident at its end
 
 
 def load(path: Path) -> list[Result]:
@@ -84,6 +86,8 @@ def result(benchmark: dict) -> Result | None:
         page_cache=info.get("page_cache", ""),
         workers=info.get("workers"),
         requests_per_image=info.get("requests_per_image"),
+        private_memory=info.get("private_memory_bytes"),
+        mapped_memory=info.get("mapped_memory_bytes"),
     )
 
 
@@ -165,7 +169,7 @@ def render(
         stored = [r for r in many if r.disk_per_image is not None]
         if stored:
             written += save(disk_figure(stored, size), f"disk_{size}")
-        measured = [r for r in many if r.peak_memory is not None]
+        measured = [r for r in many if memory_of(r) is not None]
         if measured:
             written += save(memory_figure(measured, size), f"memory_{size}")
     if any(r.page_cache == "cold" for r in results):
@@ -278,8 +282,15 @@ def disk_figure(results: list[Result], size: str):
     return figure
 
 
+def memory_of(result: Result) -> int | None:
+    """A result's private memory in a fresh process where it has one (read-many), else tracemalloc's peak."""
+    return result.peak_memory if result.private_memory is None else result.private_memory
+
+
 def memory_figure(results: list[Result], size: str):
-    """Peak memory of store-many and read-many at the largest count, per backend, with the raw pixels marked."""
+    """Memory of store-many and read-many at the largest count, per backend, with the raw pixels marked: the peak
+    a round allocated beyond its input (tracemalloc) or, where measured in a fresh process, its private memory,
+    with the pages of mapped files stacked on it, hatched."""
     import matplotlib.pyplot as plt
 
     largest = max(r.images for r in results)
@@ -289,13 +300,18 @@ def memory_figure(results: list[Result], size: str):
         shown = sorted(
             (r for r in results if r.images == largest and r.experiment == experiment), key=lambda r: r.backend
         )
-        bars = axis.bar([r.backend for r in shown], [r.peak_memory / 1e6 for r in shown], color="tab:purple")
+        names, private = [r.backend for r in shown], [memory_of(r) / 1e6 for r in shown]
+        bars = axis.bar(names, private, color="tab:purple")
         axis.bar_label(bars, fmt="%.3g")
+        mapped = [(r.mapped_memory or 0) / 1e6 for r in shown]
+        if any(mapped):
+            axis.bar(names, mapped, bottom=private, color="tab:purple", alpha=0.3, hatch="//", label="mapped files")
         if shown:
             axis.axhline(shown[0].raw_bytes / 1e6, color="black", linestyle=":", label="raw pixels")
             axis.legend()
-        axis.set_title(f"{experiment}: peak memory, {largest} images of {size}")
-        axis.set_ylabel("MB allocated beyond the input")
+        fresh = any(r.private_memory is not None for r in shown)
+        axis.set_title(f"{experiment}: {'private' if fresh else 'peak'} memory, {largest} images of {size}")
+        axis.set_ylabel("MB above a fresh process before it" if fresh else "MB allocated beyond the input")
         axis.tick_params(axis="x", labelrotation=45)
     return figure
 
@@ -358,26 +374,49 @@ def heading(result: Result) -> str:
     return f"{result.experiment}{cold}{workers}, {result.images} images of {result.size}"
 
 
+MEMORY_LEGEND = (
+    "- memory: peak memory is the most one untimed round allocated beyond its input (tracemalloc: Python and NumPy "
+    "allocations); read-many tables show instead its peak private memory in a fresh process, all it allocated, C "
+    "libraries included, over the pixels it returns, and apart the pages of mapped files it held (LMDB's, Arrow's "
+    "memory maps); a codec floor's images stay in this process, so its ratio is tracemalloc's"
+)
+
+
+def megabytes(count: int | None) -> str:
+    return "" if count is None else f"{count / 1e6:.3g}"
+
+
+def memory_markdown(result: Result) -> str:
+    """The private and mapped cells of a row of a table measured in a fresh process."""
+    if result.private_memory is not None:
+        return f"{result.private_memory / result.raw_bytes:.2f} | {megabytes(result.mapped_memory)}"
+    if result.peak_memory is not None:
+        return f"{result.peak_memory / result.raw_bytes:.2f} (tracemalloc) | "
+    return " | "
+
+
 def summary_markdown(runs: list[list[Result]], labels: list[str], about: list[str] = ()) -> str:
     """One table per experiment, count and size: median, images/s, MB/s, bytes per image, ratio to the floor."""
-    lines = [f"# Benchmark summary: {labels[0]}", "", *about]
+    lines = [f"# Benchmark summary: {labels[0]}", "", *about, MEMORY_LEGEND, ""]
     tables = defaultdict(list)
     for result in runs[0]:
         tables[heading(result)].append(result)
     for title, results in sorted(tables.items()):
         floor = next((r.median for r in results if r.backend == FLOOR), None)
+        fresh = any(r.private_memory is not None for r in results)
+        memory = "private (× pixels) | mapped (MB)" if fresh else "peak memory (MB)"
         lines += [f"## {title}", ""]
         lines += [
-            "| backend | median (ms) | images/s | MB/s | bytes/image | × limit | peak memory (MB) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| backend | median (ms) | images/s | MB/s | bytes/image | × limit | {memory} |",
+            f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |{' ---: |' if fresh else ''}",
         ]
         for r in sorted(results, key=lambda r: r.median):
             disk = "" if r.disk_per_image is None else f"{r.disk_per_image:.0f}"
             ratio = "" if floor is None else f"{r.median / floor:.2f}"
-            memory = "" if r.peak_memory is None else f"{r.peak_memory / 1e6:.3g}"
             lines.append(
                 f"| {r.backend} | {1e3 * r.median:.4g} | {r.reads / r.median:.4g} | "
-                f"{r.raw_bytes / r.images * r.reads / r.median / 1e6:.4g} | {disk} | {ratio} | {memory} |"
+                f"{r.raw_bytes / r.images * r.reads / r.median / 1e6:.4g} | {disk} | {ratio} | "
+                f"{memory_markdown(r) if fresh else megabytes(r.peak_memory)} |"
             )
         lines.append("")
     if len(runs) == 2:

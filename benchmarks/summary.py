@@ -2,10 +2,14 @@
 
 Each row is a backend: median time, ratio to the floor (`limit`) where the table has one, ratio to the
 floor of its codec (`limit-<codec>`, the codec alone) where it encodes its images, images per second,
-bytes on disk per image and their ratio to the raw pixels (store tables), the peak memory a round
-allocated beyond its input, the ratio to the 2019 tutorial's method of the same family where the table has one
-(`tutorial-png`), and for object stores the requests a round sent per image. The fastest row is
-marked with ``*``. Lines stay within 120 columns.
+bytes on disk per image and their ratio to the raw pixels (store tables), memory, the ratio to the 2019
+tutorial's method of the same family where the table has one (`tutorial-png`), and for object stores the requests
+a round sent per image. The fastest row is marked with ``*``. Lines stay within 120 columns.
+
+Memory is the peak a round allocated beyond its input (tracemalloc), except in tables whose rows were measured
+in a fresh process (read-many): there, private memory over the pixels returned (``× pixels``) and the pages of
+mapped files (``mapped``), apart; a row measured by tracemalloc among them (a codec floor, whose images stay in
+this process) has its ratio marked ``t``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from benchmarks.tutorial import TUTORIAL_PREFIX, TUTORIALS
 from storage.codecs import RAW
 
 WIDTH = 120
-COLUMNS = ("", "backend", "median", "× floor", "× codec", "images/s", "disk/image", "× raw", "peak memory")
+COLUMNS = ("", "backend", "median", "× floor", "× codec", "images/s", "disk/image", "× raw")
 TUTORIAL_COLUMN = "× tutorial"  # in tables that have a row of the tutorial's methods
+TRACED = "t"  # marks a ratio counted by tracemalloc in a table of fresh-process figures
 
 
 def duration(seconds: float) -> str:
@@ -47,7 +52,9 @@ def table(rows: list[Result]) -> list[str]:
     fastest = min(row.median for row in rows)
     requests = any(row.requests_per_image is not None for row in rows)  # a table of object stores
     tutorial = any(row.backend.startswith(TUTORIAL_PREFIX) for row in rows)
-    cells = [(*COLUMNS, *([TUTORIAL_COLUMN] if tutorial else []), *(["requests/image"] if requests else []))]
+    private = any(row.private_memory is not None for row in rows)  # measured in a fresh process (read-many)
+    memory = ("× pixels", "mapped") if private else ("peak memory",)
+    cells = [(*COLUMNS, *memory, *([TUTORIAL_COLUMN] if tutorial else []), *(["requests/image"] if requests else []))]
     for row in sorted(rows, key=lambda row: row.median):
         disk_ratio = row.disk_per_image / (row.raw_bytes / row.images) if row.disk_per_image and row.raw_bytes else None
         cells.append(
@@ -60,7 +67,7 @@ def table(rows: list[Result]) -> list[str]:
                 f"{row.reads / row.median:.3g}",
                 size(row.disk_per_image),
                 f"{disk_ratio:.2f}" if disk_ratio else "",
-                size(row.peak_memory),
+                *(memory_cells(row) if private else [size(row.peak_memory)]),
                 *(
                     [f"{row.median / medians[mine]:.2f}" if (mine := tutorial_of(row.backend)) in medians else ""]
                     if tutorial
@@ -78,6 +85,16 @@ def table(rows: list[Result]) -> list[str]:
         ).rstrip()[:WIDTH]
         for line in cells
     ]
+
+
+def memory_cells(row: Result) -> list[str]:
+    """Private memory over the pixels returned and the mapped pages (tracemalloc's ratio, marked, where the row
+    has no fresh-process figure)."""
+    if row.private_memory is not None:
+        return [f"{row.private_memory / row.raw_bytes:.2f}", size(row.mapped_memory)]
+    if row.peak_memory is not None:
+        return [f"{row.peak_memory / row.raw_bytes:.2f}{TRACED}", ""]
+    return ["", ""]
 
 
 def codec_floor_of(backend: str) -> str | None:

@@ -18,6 +18,7 @@ from benchmarks.harness import (
     raw_bytes,
     read_all,
     record_disk_usage,
+    record_read_memory,
     record_transfers,
 )
 from storage.testing import assert_images_match
@@ -70,4 +71,5 @@ def test_read_many(benchmark, run_rounds, case, source, built_stores):
     record_disk_usage(benchmark, case.subject, path, case.images, raw_bytes(images))
     got = run_rounds(lambda: read_all(case.subject, path))
     check_read_back(case.subject, got, images, labels)
+    record_read_memory(benchmark, case.subject, path)  # in a fresh process, untimed
     record_transfers(benchmark, case.subject, path, case.images, lambda store: store.read(), opening=True)

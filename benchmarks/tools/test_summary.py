@@ -64,6 +64,25 @@ def test_a_backend_is_divided_by_the_tutorials_method_of_its_family():
     assert "tutorial" not in summary.table([row("npz", 0.004), row("limit", 0.002)])[0]
 
 
+def test_a_table_measured_in_a_fresh_process_shows_private_memory_over_the_pixels_and_mapped_pages_apart():
+    lines = summary.table(
+        [
+            row("lmdb", 0.01, private_memory_bytes=3_133_440, mapped_memory_bytes=4_210_000, peak_memory_bytes=9),
+            row("limit", 0.002, private_memory_bytes=3_072_000, mapped_memory_bytes=0, peak_memory_bytes=9),
+            row("limit-png-imagecodecs-level1", 0.3, peak_memory_bytes=6_144_000),  # tracemalloc's only
+        ]
+    )
+    assert lines[0].endswith("× pixels   mapped")
+    assert "peak memory" not in lines[0]
+    limit, lmdb, codec = (line.split() for line in lines[1:])
+    assert limit[-3:] == ["1.00", "0", "B"]
+    assert lmdb[-3:] == ["1.02", "4.21", "MB"]
+    assert codec[-1] == "2.00t"
+    store_table = summary.table([row("lmdb", 0.01, peak_memory_bytes=3_500_000), row("limit", 0.002)])
+    assert store_table[0].endswith("peak memory")
+    assert store_table[2].split()[-2:] == ["3.5", "MB"]
+
+
 def test_object_store_tables_show_the_requests_per_image():
     lines = summary.table([row("s3", 3.0, requests_per_image=1.0003), row("limit", 0.03, requests_per_image=0.0001)])
     assert lines[0].split()[-1] == "requests/image"
@@ -80,6 +99,10 @@ def test_every_line_fits_120_columns():
         row("limit", 1e-9),
     ]
     assert all(len(line) <= summary.WIDTH for line in summary.render(rows))
+    codec_floor = "limit-png-imagecodecs-level1"  # the longest name in a read-many table, with wide figures
+    wide = {"disk_per_image": 123_456.0, "private_memory_bytes": 12_345 * 3_072_000, "mapped_memory_bytes": 10**15}
+    fresh = [row("png", 123.456, **wide), row(codec_floor, 1.234, peak_memory_bytes=10**15), row("limit", 0.0001)]
+    assert all(len(line) < summary.WIDTH for line in summary.table(fresh))  # under the cut: nothing was cut off
 
 
 def test_a_run_on_a_folder_as_people_have_it_ends_with_the_summary_and_names_the_broken_file(tmp_path):
