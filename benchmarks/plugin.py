@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -358,6 +359,13 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     machine.update(machine_info, config.getoption("store_dir"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_benchmark_compare_machine_info(machine_info: dict, compared_benchmark: dict) -> Iterator[None]:
+    """pytest-benchmark's check that two runs come from one machine, without what each run measures anew."""
+    with machine.volatile_fields_aside(machine_info, compared_benchmark["machine_info"]):
+        yield
 
 
 def _free_memory() -> int:

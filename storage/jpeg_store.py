@@ -15,6 +15,9 @@ byte may come back as changed pixels.
 An encoded append (``append(files, labels, encoded=True)``) keeps the user's JPEG files as they are, in whatever
 chroma subsampling and quality they were written (``quality`` does not apply): sequential JPEGs in grey or YCbCr,
 which is what this codec decodes. Those images come back exactly as simplejpeg decodes the files.
+
+Appends and reads go as in png: one write per new file, one read per file, and ``threads`` workers (simplejpeg
+releases the GIL while it encodes and decodes).
 """
 
 from __future__ import annotations
@@ -25,17 +28,20 @@ import simplejpeg  # noqa: F401 - imported so that the backend is listed only wh
 
 from storage._base import Options
 from storage.codecs import Jpeg
-from storage.png_store import ImageFileStore
+from storage.png_store import THREADS, ImageFileStore, check_threads
 
 
 @dataclass(frozen=True)
 class JpegOptions(Options):
-    """`quality`: libjpeg's quality for new JPEG files, 1-100 (higher: larger files, closer images)."""
+    """`quality`: libjpeg's quality for new JPEG files, 1-100 (higher: larger files, closer images); `threads`:
+    workers per append or read (1: none), as in png."""
 
     quality: int = 90
+    threads: int = THREADS
 
     def __post_init__(self) -> None:
         Jpeg(self.quality)  # checks the quality
+        check_threads(self.threads)
 
     @property
     def codec(self) -> Jpeg:

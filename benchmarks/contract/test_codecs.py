@@ -75,6 +75,51 @@ def test_png_level_out_of_range_is_refused(level):
         codecs.Png(level)
 
 
+@pytest.mark.parametrize("strategy", codecs.PNG_STRATEGIES)
+@pytest.mark.parametrize("row_filter", codecs.PNG_FILTERS)
+def test_every_png_encoder_setting_writes_a_standard_png_that_pillow_reads_bit_exactly(strategy, row_filter):
+    grey16 = np.random.default_rng(7).integers(0, 65536, (16, 16), dtype=np.uint16)
+    for image in (IMAGE, np.dstack([IMAGE, IMAGE[..., :1]]), IMAGE[..., 0], grey16):
+        encoded = codecs.Png(1, "imagecodecs", strategy, row_filter).encode(image)
+        with Image.open(io.BytesIO(encoded), formats=["PNG"]) as opened:
+            decoded = np.asarray(opened)
+        assert np.array_equal(decoded.astype(image.dtype), image), (strategy, row_filter, image.shape, image.dtype)
+
+
+def test_png_settings_change_the_file():
+    gradient = np.add.outer(np.arange(16), np.arange(16))[..., None] * [3, 5, 7]  # compressible, unlike IMAGE
+    image = (gradient + np.random.default_rng(4).integers(0, 4, (16, 16, 3))).astype(np.uint8)
+    files = {codecs.Png(1, "imagecodecs", strategy, "paeth").encode(image) for strategy in ("huffman", "fixed")}
+    files |= {codecs.Png(1, "imagecodecs", "default", row_filter).encode(image) for row_filter in ("none", "up")}
+    files |= {codecs.Png(1, "pillow", strategy).encode(image) for strategy in (None, "huffman")}
+    assert len(files) == 6  # each setting reaches its library, Pillow's strategy too
+
+
+def test_a_png_label_names_the_settings_that_differ_from_its_librarys_defaults():
+    strategy, row_filter = codecs.PNG_DEFAULTS["imagecodecs"]
+    assert codecs.Png().label == "png-imagecodecs-level1"
+    assert codecs.Png(1, "imagecodecs", strategy, row_filter) == codecs.Png()  # defaults spelled out: the same codec
+    assert codecs.Png(9, "imagecodecs", "default", "sub").label == "png-imagecodecs-level9-default-sub"
+    assert codecs.Png(1, "imagecodecs", strategy, "paeth").label == "png-imagecodecs-level1-paeth"
+    assert codecs.Png(6, "pillow").label == "png-pillow-level6"  # the tutorial's codec floor keeps its name
+    assert codecs.Png(6, "pillow", "rle", "adaptive").label == "png-pillow-level6-rle"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"strategy": "lz4"}, "strategy must be one of default, filtered, huffman, rle, fixed, got 'lz4'"),
+        ({"strategy": 3}, "strategy must be one of"),
+        ({"filter": "best"}, "filter must be one of none, sub, up, average, paeth, adaptive, got 'best'"),
+        ({"library": "pillow", "filter": "sub"}, "Pillow picks each row's PNG filter itself"),
+    ],
+    ids=["strategy", "strategy-number", "filter", "pillow-filter"],
+)
+def test_png_encoder_settings_that_cannot_apply_are_refused(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        codecs.Png(**settings)
+
+
 def test_unknown_codec_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"encoding must be one of raw, png(, jpeg)?; got 'webp'"):
         codecs.get("webp")

@@ -119,6 +119,19 @@ def test_saved_machine_info_is_stable_and_complete(tmp_path):
     assert info["store_filesystem"]
     if sys.platform == "linux":
         assert info["store_filesystem"] != "unknown"
+    creation = info["file_creation"]
+    assert 0 < creation["fresh_us"] < 1e6
+    assert 0 < creation["after_deleting_us"] < 1e6
+    assert list(tmp_path.iterdir()) == []  # its scratch files are gone
+
+
+def test_two_runs_machines_are_compared_without_what_each_run_measures_anew():
+    current = {"cpu": {"brand_raw": "Some CPU"}, "file_creation": {"fresh_us": 90.0}}
+    saved = {"cpu": {"brand_raw": "Some CPU"}, "file_creation": {"fresh_us": 150.0}}
+    with machine.volatile_fields_aside(current, saved):
+        assert current == saved
+    assert current["file_creation"] == {"fresh_us": 90.0}  # both put back
+    assert saved["file_creation"] == {"fresh_us": 150.0}
 
 
 @pytest.fixture
