@@ -53,6 +53,7 @@ VARIANTS = {
     "lmdb-png": ("lmdb", {"encoding": "png"}),
     "lmdb-pickle": ("lmdb", {"encoding": "pickle"}),
     "lmdb-jpeg": ("lmdb", {"encoding": "jpeg"}),
+    "lmdb-packed": ("lmdb", {"pack_bytes": 1 << 20}),  # raw pixels of several images to an LMDB value, ~1 MiB
     "hdf5-png": ("hdf5", {"encoding": "png"}),
     "hdf5-jpeg": ("hdf5", {"encoding": "jpeg"}),
     "hdf5-lzf": ("hdf5", {"compression": "lzf"}),
