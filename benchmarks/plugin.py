@@ -68,6 +68,15 @@ PRESETS = {
         variants=True,
         paired=True,
     ),
+    "floors": Preset(
+        (10_000, 100_000, 1_000),
+        (CIFAR, CIFAR, (256, 256, 3)),
+        "10,000 and 100,000 of 32x32x3 and 1,000 of 256x256x3, every backend and variant, the tutorial's methods "
+        "beside them: the grid of the floors issue",
+        variants=True,
+        paired=True,
+        tutorial=True,
+    ),
     "object-store": Preset(
         (10_000, 1_000),
         (CIFAR, (256, 256, 3)),

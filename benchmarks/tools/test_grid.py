@@ -42,6 +42,8 @@ def test_the_formats_preset_pairs_each_count_with_its_size():
     assert grid(options(preset="formats")).backends == local_names()
     chosen = grid(options(preset="formats", image_counts=(5,)))  # a count given: every size gets it
     assert chosen.cells() == [(5, (32, 32, 3)), (5, (256, 256, 3))]
+    floors = [(10_000, (32, 32, 3)), (100_000, (32, 32, 3)), (1_000, (256, 256, 3))]
+    assert grid(options(preset="floors")).cells() == floors
 
 
 def collect(*options: str) -> subprocess.CompletedProcess:
@@ -108,7 +110,8 @@ def options(**given: object) -> argparse.Namespace:
         (
             plugin.parse_preset,
             "huge",
-            "'huge' is no preset; presets: default, classic, large, training, variants, formats, object-store, smoke",
+            "'huge' is no preset; presets: default, classic, large, training, variants, formats, floors, object-store, "
+            "smoke",
         ),
         (plugin.parse_sizes, "32", "HxW or HxWxC"),
         (plugin.parse_counts, "0", "image counts must be positive"),
