@@ -1,11 +1,12 @@
 """The floors: what no format can beat on this machine.
 
-`FLOOR`, the `limit` row of every store-many, read-many and growth table: the same pixel bytes
-through one plain file. It opens like a store (``FLOOR.open(path, mode, durable=...)``) and its
-handle appends and reads like one, so an experiment times it with the same code as every
-backend: an append writes the pixel bytes (no labels) and fsyncs when durable; a read takes
-the whole file into a fresh buffer placed for a fast copy, as the backends' reads are, and
-returns it with no labels.
+`FLOOR`, the `limit` row of the tables of local stores: the same pixel bytes through one plain file. It opens like
+a store (``FLOOR.open(path, mode, durable=...)``) and its handle appends and reads like one, so an experiment times
+it with the same code as every backend: an append writes the pixel bytes (no labels) and fsyncs when durable; a
+read of everything takes the whole file into a fresh buffer placed for a fast copy, as the backends' reads are,
+and returns it with no labels. A read of some ids (random access, batches) copies just their bytes, once, out of
+a memory map of the file made when it opened, as the fastest backends do; for that the floor remembers where each
+image it wrote begins (in this process: the benchmarks build and read their stores in one session).
 
 `OBJECT_FLOOR`, the `limit` row of the object-store tables: the same pixel bytes as one object, stored with one
 PUT and read with one GET.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +40,17 @@ def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
 
 
 class PlainFile:
-    """An open plain file of pixel bytes, with a store's methods: POSIX file descriptors, no Python buffering."""
+    """An open plain file of pixel bytes, with a store's methods: POSIX file descriptors, no Python buffering.
+    `starts` lists where each image written to the file begins, and its end last."""
 
-    def __init__(self, path: Path, mode: str, durable: bool) -> None:
+    def __init__(self, path: Path, mode: str, durable: bool, starts: list[int]) -> None:
         self.path = path
         self.descriptor = os.open(path, FILE_FLAGS[mode] | getattr(os, "O_BINARY", 0), 0o644)
         self.durable = durable
+        self.starts = starts
+        self.mapped = None
+        if mode == "r" and os.fstat(self.descriptor).st_size:
+            self.mapped = np.memmap(path, np.uint8, "r")
 
     def append(self, images: np.ndarray | list, labels: object = None) -> None:
         """Write the pixel bytes of `images` at the end (labels are not kept); fsync when durable."""
@@ -52,9 +59,30 @@ class PlainFile:
             data = data[os.write(self.descriptor, data) :]
         if self.durable:
             os.fsync(self.descriptor)
+        sizes = [images[0].nbytes] * len(images) if isinstance(images, np.ndarray) else [i.nbytes for i in images]
+        end = self.starts.pop() if self.starts else 0
+        self.starts += np.cumsum([end, *sizes]).tolist()
 
-    def read(self) -> tuple[np.ndarray, None]:
-        """Every byte of the file in a fresh array, and no labels."""
+    def read_ids(self, ids: object) -> tuple[np.ndarray, None]:
+        """The pixel bytes of the images at `ids` (a sequence of ints or a slice), one after another, and no
+        labels: each image's bytes copied once out of the file's memory map."""
+        if not self.starts:
+            raise ValueError(f"{self.path}: the floor knows where the images are only in files it wrote")
+        starts = np.asarray(self.starts, np.int64)
+        count = len(starts) - 1
+        picked = np.arange(*ids.indices(count)) if isinstance(ids, slice) else np.asarray(ids, np.int64)
+        sizes = np.diff(starts)
+        if count and (sizes == sizes[0]).all():  # one size: a gather of rows
+            return self.mapped[: starts[-1]].reshape(count, -1)[picked].reshape(-1), None
+        return np.concatenate([self.mapped[starts[i] : starts[i + 1]] for i in picked.tolist()]), None
+
+    def __getitem__(self, image_id: int) -> tuple[np.ndarray, None]:
+        return self.read_ids([image_id])
+
+    def read(self, ids: object = None) -> tuple[np.ndarray, None]:
+        """Every byte of the file in a fresh array, or those of the images at `ids` (`read_ids`), and no labels."""
+        if ids is not None:
+            return self.read_ids(ids)
         size = os.fstat(self.descriptor).st_size
         out = read_buffer((size,), np.uint8)
         done = os.readv(self.descriptor, [out])
@@ -66,6 +94,7 @@ class PlainFile:
         return out, None
 
     def close(self) -> None:
+        self.mapped = None  # the map goes with the last view of it
         if self.descriptor >= 0:
             os.close(self.descriptor)
             self.descriptor = -1
@@ -86,11 +115,21 @@ class Floor:
     name = FLOOR_NAME
     local = True
 
+    def __init__(self) -> None:
+        self.starts: dict[str, list[int]] = {}  # per file: where each image begins, then the end
+
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> PlainFile:
-        return PlainFile(path, mode, durable)
+        if mode == "x":
+            self.starts[str(path)] = []
+        return PlainFile(path, mode, durable, self.starts.setdefault(str(path), []))
 
     def files(self, path: Path) -> list[Path]:
         return [path]
+
+    def copy(self, source: Path, target: Path) -> None:
+        """Copy the file at `source` to `target`, with where its images begin (a growth round's start)."""
+        shutil.copy2(source, target)
+        self.starts[str(target)] = list(self.starts.get(str(source), []))
 
 
 FLOOR = Floor()

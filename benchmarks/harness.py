@@ -63,7 +63,7 @@ def files_for(case) -> list[bytes] | None:
 
 def copy_store(subject: Subject, source: Path, target: Path) -> None:
     """Make `target` a copy of the closed store at `source` (a codec floor copies what it holds in memory)."""
-    if isinstance(subject, CodecFloor):
+    if isinstance(subject, (CodecFloor, Floor)):
         subject.copy(source, target)
     elif source.is_dir():
         shutil.copytree(source, target)
@@ -75,6 +75,17 @@ def read_all(subject: Subject, path: Path) -> tuple[np.ndarray | list, np.ndarra
     """Open a store, read every image in id order, close: what a read-many benchmark times."""
     with subject.open(path) as opened:
         return opened.read()
+
+
+def check_picked(subject: Subject, got_images: object, got_labels: object, images, labels, ids) -> None:
+    """What a read of `ids` gave equals those images and labels, within the codec's tolerance (the floor: their
+    pixel bytes, and no labels). Checked outside the timed region."""
+    expected = [images[i] for i in ids]
+    if isinstance(subject, Floor):
+        assert np.array_equal(pixel_bytes(got_images), pixel_bytes(expected))
+        return
+    assert_images_match(got_images, expected, subject.codec)
+    assert np.asarray(got_labels).tolist() == np.asarray(labels)[list(ids)].tolist()
 
 
 def check_read_back(subject: Subject, got: tuple, images: np.ndarray | list, labels: np.ndarray) -> None:

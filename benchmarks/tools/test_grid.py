@@ -16,7 +16,7 @@ import storage
 from benchmarks import plugin
 from benchmarks.data import Dataset
 from benchmarks.floor import FLOOR, CodecFloor
-from benchmarks.harness import check_read_back, read_all, store
+from benchmarks.harness import check_picked, check_read_back, read_all, store
 from benchmarks.plugin import PRESETS, Case, grid
 from storage import codecs
 
@@ -94,6 +94,29 @@ def test_a_codec_floor_gives_back_what_it_encoded(tmp_path):
     check_read_back(floor, read_all(floor, tmp_path / "store"), images, np.arange(5))
     with pytest.raises(FileNotFoundError):
         read_all(floor, tmp_path / "other")
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["one-size", "mixed-sizes"])
+def test_the_floor_reads_the_bytes_of_the_ids_asked_for_also_after_a_copy_and_an_append(uniform, tmp_path):
+    rng = np.random.default_rng(1)
+    sizes = [(4, 5, 3)] * 9 if uniform else [(4, 5, 3), (2, 7), (6, 6, 3)] * 3
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in sizes]
+    images = np.stack(images) if uniform else images  # a batch, as the synthetic datasets are; or a list
+    ids = [8, 0, 3, 3, 5]
+    store(FLOOR, tmp_path / "store", images[:6], np.arange(6))
+    FLOOR.copy(tmp_path / "store", tmp_path / "copy")
+    with FLOOR.open(tmp_path / "copy", "a", durable=False) as grown:
+        grown.append(images[6:])
+    for path, held in ((tmp_path / "store", 6), (tmp_path / "copy", 9)):
+        with FLOOR.open(path) as opened:
+            check_picked(FLOOR, opened.read(ids[1:4])[0], None, images, None, ids[1:4])
+            check_picked(FLOOR, opened.read(slice(4, 12))[0], None, images, None, range(4, held))
+            check_picked(FLOOR, [opened[i][0] for i in ids[1:]], None, images, None, ids[1:])
+            if held == 9:
+                assert opened.read(ids)[1] is None  # no labels: the floor keeps the pixel bytes only
+                check_picked(FLOOR, opened.read(ids)[0], None, images, None, ids)
+            with pytest.raises(AssertionError):  # the check can fail: other ids' bytes are not these
+                check_picked(FLOOR, opened.read([1, 2])[0], None, images, None, [2, 1])
 
 
 def options(**given: object) -> argparse.Namespace:
