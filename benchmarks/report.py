@@ -22,7 +22,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import storage
 from benchmarks import floor
+from benchmarks.tutorial import TUTORIALS
+from storage.codecs import RAW
 
 FLOOR = floor.FLOOR.name  # the row the floor writes in every table
 MANY = ("store-many", "read-many")
@@ -382,6 +385,23 @@ MEMORY_LEGEND = (
 )
 
 
+def codec_floor_of(backend: str) -> str | None:
+    """The name of the row of `backend`'s codec alone, or None for raw pixels and names not available here."""
+    tutorial = next((method for method in TUTORIALS.values() if method.name == backend), None)
+    if tutorial is None and backend not in storage.available():
+        return None
+    codec = tutorial.codec if tutorial else storage.backend(backend).codec
+    return None if codec is RAW else floor.codec_floor_name(codec)
+
+
+def tutorial_of(backend: str) -> str | None:
+    """The row of the tutorial's method for `backend`'s family (``tutorial-png`` for png-pillow), or None."""
+    if backend not in storage.available():
+        return None
+    method = TUTORIALS.get(storage.backend(backend).family)
+    return method.name if method else None
+
+
 def megabytes(count: int | None) -> str:
     return "" if count is None else f"{count / 1e6:.3g}"
 
@@ -396,27 +416,37 @@ def memory_markdown(result: Result) -> str:
 
 
 def summary_markdown(runs: list[list[Result]], labels: list[str], about: list[str] = ()) -> str:
-    """One table per experiment, count and size: median, images/s, MB/s, bytes per image, ratio to the floor."""
+    """One table per experiment, count and size: median, images/s, MB/s, bytes per image, ratio to the floor, and
+    where the table has those rows, to the codec floor and to the tutorial's method of the backend's family."""
     lines = [f"# Benchmark summary: {labels[0]}", "", *about, MEMORY_LEGEND, ""]
     tables = defaultdict(list)
     for result in runs[0]:
         tables[heading(result)].append(result)
     for title, results in sorted(tables.items()):
-        floor = next((r.median for r in results if r.backend == FLOOR), None)
+        medians = {r.backend: r.median for r in results}
+        floor = medians.get(FLOOR)
         fresh = any(r.private_memory is not None for r in results)
         memory = "private (× pixels) | mapped (MB)" if fresh else "peak memory (MB)"
+        against = {"× codec": codec_floor_of, "× tutorial": tutorial_of}  # a column where a row has that row
+        against = {name: of for name, of in against.items() if any(of(r.backend) in medians for r in results)}
         lines += [f"## {title}", ""]
         lines += [
-            f"| backend | median (ms) | images/s | MB/s | bytes/image | × limit | {memory} |",
-            f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |{' ---: |' if fresh else ''}",
+            f"| backend | median (ms) | images/s | MB/s | bytes/image | × limit | {' | '.join(against)}"
+            f"{' | ' if against else ''}{memory} |",
+            f"| --- |{' ---: |' * (6 + len(against) + fresh)}",
         ]
         for r in sorted(results, key=lambda r: r.median):
             disk = "" if r.disk_per_image is None else f"{r.disk_per_image:.0f}"
             ratio = "" if floor is None else f"{r.median / floor:.2f}"
+            ratios = [
+                f"{r.median / medians[mine]:.2f}" if (mine := of(r.backend)) in medians else ""
+                for of in against.values()
+            ]
+            memory_cells = memory_markdown(r) if fresh else megabytes(r.peak_memory)
             lines.append(
                 f"| {r.backend} | {1e3 * r.median:.4g} | {r.reads / r.median:.4g} | "
                 f"{r.raw_bytes / r.images * r.reads / r.median / 1e6:.4g} | {disk} | {ratio} | "
-                f"{memory_markdown(r) if fresh else megabytes(r.peak_memory)} |"
+                f"{''.join(cell + ' | ' for cell in ratios)}{memory_cells} |"
             )
         lines.append("")
     if len(runs) == 2:

@@ -17,11 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import groupby
 
-import storage
-from benchmarks.floor import FLOOR, codec_floor_name
-from benchmarks.report import Result
-from benchmarks.tutorial import TUTORIAL_PREFIX, TUTORIALS
-from storage.codecs import RAW
+from benchmarks.floor import FLOOR
+from benchmarks.report import Result, codec_floor_of, tutorial_of
+from benchmarks.tutorial import TUTORIAL_PREFIX
 
 WIDTH = 120
 COLUMNS = ("", "backend", "median", "× floor", "× codec", "images/s", "disk/image", "× raw")
@@ -95,23 +93,6 @@ def memory_cells(row: Result) -> list[str]:
     if row.peak_memory is not None:
         return [f"{row.peak_memory / row.raw_bytes:.2f}{TRACED}", ""]
     return ["", ""]
-
-
-def codec_floor_of(backend: str) -> str | None:
-    """The name of the row of `backend`'s codec alone, or None for raw pixels and names not available here."""
-    tutorial = next((method for method in TUTORIALS.values() if method.name == backend), None)
-    if tutorial is None and backend not in storage.available():
-        return None
-    codec = tutorial.codec if tutorial else storage.backend(backend).codec
-    return None if codec is RAW else codec_floor_name(codec)
-
-
-def tutorial_of(backend: str) -> str | None:
-    """The row of the tutorial's method for `backend`'s family (``tutorial-png`` for png-pillow), or None."""
-    if backend not in storage.available():
-        return None
-    method = TUTORIALS.get(storage.backend(backend).family)
-    return method.name if method else None
 
 
 def render(rows: Iterable[Result]) -> list[str]:

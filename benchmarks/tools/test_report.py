@@ -181,3 +181,29 @@ def test_runs_with_no_benchmark_in_common_are_refused(saved_run, tmp_path, capsy
     assert report.main([*runs, "--out", str(tmp_path / "out")]) == 2
     assert "share no benchmark" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_table_with_codec_floor_and_tutorial_rows_gets_ratios_to_them(saved_run, tmp_path):
+    run = copy.deepcopy(saved_run)
+    npz = next(
+        b
+        for b in run["benchmarks"]
+        if (b["extra_info"]["experiment"], b["extra_info"]["backend"], b["extra_info"]["images"])
+        == ("read-many", "npz", 10)
+        and b["extra_info"]["image_size"] == SIZES[0]
+    )
+    for backend, factor in (("png", 40), ("limit-png-imagecodecs-level1", 20), ("tutorial-png", 160)):
+        row = copy.deepcopy(npz)
+        row["name"], row["extra_info"]["backend"] = row["name"].replace("npz", backend), backend
+        row["stats"]["median"] *= factor
+        run["benchmarks"].append(row)
+    assert (
+        report.main([str(write(run, tmp_path / "run.json")), "--out", str(tmp_path / "out"), "--formats", "png"]) == 0
+    )
+    text = (tmp_path / "out" / "summary.md").read_text()
+    rows = summary_rows(text)
+    read, store = (f"{experiment}, 10 images of {SIZES[0]}" for experiment in ("read-many", "store-many"))
+    assert rows[read, "png"][6:8] == ["2.00", "0.25"]  # x its codec floor, x the tutorial's method of its family
+    assert rows[read, "npz"][6:8] == ["", ""]  # raw pixels: no codec floor; no tutorial row of its family here
+    assert "| × limit | × codec | × tutorial | private (× pixels) |" in text
+    assert len(rows[store, "npz"]) == 7  # a table without those rows gets no such columns
