@@ -5,8 +5,8 @@ a store (``FLOOR.open(path, mode, durable=...)``) and its handle appends and rea
 it with the same code as every backend: an append writes the pixel bytes (no labels) and fsyncs when durable; a
 read of everything takes the whole file into a fresh buffer placed for a fast copy, as the backends' reads are,
 and returns it with no labels. A read of some ids (random access, batches) copies just their bytes, once, out of
-a memory map of the file made when it opened, as the fastest backends do; for that the floor remembers where each
-image it wrote begins (in this process: the benchmarks build and read their stores in one session).
+a memory map of the file made by the first such read, as the fastest backends do; for that the floor remembers the
+sizes of the images it wrote (in this process: the benchmarks build and read their stores in one session).
 
 `OBJECT_FLOOR`, the `limit` row of the object-store tables: the same pixel bytes as one object, stored with one
 PUT and read with one GET.
@@ -41,16 +41,14 @@ def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
 
 class PlainFile:
     """An open plain file of pixel bytes, with a store's methods: POSIX file descriptors, no Python buffering.
-    `starts` lists where each image written to the file begins, and its end last."""
+    `runs` lists the images written to the file as (count, bytes of each) pairs, one per append of one size."""
 
-    def __init__(self, path: Path, mode: str, durable: bool, starts: list[int]) -> None:
+    def __init__(self, path: Path, mode: str, durable: bool, runs: list[tuple[int, int]]) -> None:
         self.path = path
         self.descriptor = os.open(path, FILE_FLAGS[mode] | getattr(os, "O_BINARY", 0), 0o644)
         self.durable = durable
-        self.starts = starts
-        self.mapped = None
-        if mode == "r" and os.fstat(self.descriptor).st_size:
-            self.mapped = np.memmap(path, np.uint8, "r")
+        self.runs = runs
+        self.mapped: np.memmap | None = None  # made by the first read of some ids: a whole read needs none
 
     def append(self, images: np.ndarray | list, labels: object = None) -> None:
         """Write the pixel bytes of `images` at the end (labels are not kept); fsync when durable."""
@@ -59,21 +57,24 @@ class PlainFile:
             data = data[os.write(self.descriptor, data) :]
         if self.durable:
             os.fsync(self.descriptor)
-        sizes = [images[0].nbytes] * len(images) if isinstance(images, np.ndarray) else [i.nbytes for i in images]
-        end = self.starts.pop() if self.starts else 0
-        self.starts += np.cumsum([end, *sizes]).tolist()
+        if isinstance(images, np.ndarray):
+            self.runs.append((len(images), images[0].nbytes))  # no object per image: the peak memory stays flat
+        else:
+            self.runs += [(1, image.nbytes) for image in images]
 
     def read_ids(self, ids: object) -> tuple[np.ndarray, None]:
         """The pixel bytes of the images at `ids` (a sequence of ints or a slice), one after another, and no
         labels: each image's bytes copied once out of the file's memory map."""
-        if not self.starts:
+        if not self.runs:
             raise ValueError(f"{self.path}: the floor knows where the images are only in files it wrote")
-        starts = np.asarray(self.starts, np.int64)
-        count = len(starts) - 1
-        picked = np.arange(*ids.indices(count)) if isinstance(ids, slice) else np.asarray(ids, np.int64)
-        sizes = np.diff(starts)
-        if count and (sizes == sizes[0]).all():  # one size: a gather of rows
-            return self.mapped[: starts[-1]].reshape(count, -1)[picked].reshape(-1), None
+        if self.mapped is None:
+            self.mapped = np.memmap(self.path, np.uint8, "r")
+        counts, sizes = np.array(self.runs, np.int64).T
+        total = int(counts.sum())
+        picked = np.arange(*ids.indices(total)) if isinstance(ids, slice) else np.asarray(ids, np.int64)
+        if (sizes == sizes[0]).all():  # one size: a gather of rows
+            return self.mapped[: total * sizes[0]].reshape(total, -1)[picked].reshape(-1), None
+        starts = np.concatenate([[0], np.cumsum(np.repeat(sizes, counts))])
         return np.concatenate([self.mapped[starts[i] : starts[i + 1]] for i in picked.tolist()]), None
 
     def __getitem__(self, image_id: int) -> tuple[np.ndarray, None]:
@@ -116,12 +117,12 @@ class Floor:
     local = True
 
     def __init__(self) -> None:
-        self.starts: dict[str, list[int]] = {}  # per file: where each image begins, then the end
+        self.runs: dict[str, list[tuple[int, int]]] = {}  # per file: its images, as (count, bytes of each)
 
     def open(self, path: Path, mode: str = "r", *, durable: bool = True) -> PlainFile:
         if mode == "x":
-            self.starts[str(path)] = []
-        return PlainFile(path, mode, durable, self.starts.setdefault(str(path), []))
+            self.runs[str(path)] = []
+        return PlainFile(path, mode, durable, self.runs.setdefault(str(path), []))
 
     def files(self, path: Path) -> list[Path]:
         return [path]
@@ -129,7 +130,7 @@ class Floor:
     def copy(self, source: Path, target: Path) -> None:
         """Copy the file at `source` to `target`, with where its images begin (a growth round's start)."""
         shutil.copy2(source, target)
-        self.starts[str(target)] = list(self.starts.get(str(source), []))
+        self.runs[str(target)] = list(self.runs.get(str(source), []))
 
 
 FLOOR = Floor()

@@ -446,12 +446,10 @@ def _extended(array: np.ndarray, used: int, values: object) -> np.ndarray:
     return array
 
 
-def _keys(start: int, count: int, step: int) -> list[bytes]:
-    """Image keys of the values of `count` images from id `start`, `step` images a value: made by NumPy."""
-    keys = np.empty(-(-count // step), [("prefix", "S1"), ("id", ">u8")])
-    keys["prefix"] = IMAGE
-    keys["id"] = np.arange(start, start + count, step)
-    return keys.view(f"V{KEY.size}").tolist()
+def _keys(start: int, count: int, step: int) -> Iterator[bytes]:
+    """Image keys of the values of `count` images from id `start`, `step` images a value, made as LMDB takes them
+    (a list of them all would hold one more Python object per image)."""
+    return map(partial(KEY.pack, IMAGE), range(start, start + count, step))
 
 
 def _copy_range(txn: lmdb.Transaction, run: Run, first: int, count: int, into: memoryview) -> None:
