@@ -49,6 +49,7 @@ class PlainFile:
         self.durable = durable
         self.runs = runs
         self.mapped: np.memmap | None = None  # made by the first read of some ids: a whole read needs none
+        self.rows: np.ndarray | None = None  # the map as one row per image, or as where each image starts
 
     def append(self, images: np.ndarray | list, labels: object = None) -> None:
         """Write the pixel bytes of `images` at the end (labels are not kept); fsync when durable."""
@@ -61,21 +62,29 @@ class PlainFile:
             self.runs.append((len(images), images[0].nbytes))  # no object per image: the peak memory stays flat
         else:
             self.runs += [(1, image.nbytes) for image in images]
+        self.mapped = self.rows = None
 
     def read_ids(self, ids: object) -> tuple[np.ndarray, None]:
         """The pixel bytes of the images at `ids` (a sequence of ints or a slice), one after another, and no
         labels: each image's bytes copied once out of the file's memory map."""
+        if self.rows is None:  # once per open file (the first, untimed round), not in every timed read
+            self._map()
+        if self.mapped.ndim == 2:  # one size: a gather of rows
+            picked = np.arange(*ids.indices(len(self.mapped))) if isinstance(ids, slice) else ids
+            return self.mapped[picked].reshape(-1), None
+        starts = self.rows
+        picked = range(*ids.indices(len(starts) - 1)) if isinstance(ids, slice) else ids
+        return np.concatenate([self.mapped[starts[i] : starts[i + 1]] for i in picked]), None
+
+    def _map(self) -> None:
+        """Map the file: as one row per image when they are of one size, else flat with where each starts."""
         if not self.runs:
             raise ValueError(f"{self.path}: the floor knows where the images are only in files it wrote")
-        if self.mapped is None:
-            self.mapped = np.memmap(self.path, np.uint8, "r")
         counts, sizes = np.array(self.runs, np.int64).T
-        total = int(counts.sum())
-        picked = np.arange(*ids.indices(total)) if isinstance(ids, slice) else np.asarray(ids, np.int64)
-        if (sizes == sizes[0]).all():  # one size: a gather of rows
-            return self.mapped[: total * sizes[0]].reshape(total, -1)[picked].reshape(-1), None
-        starts = np.concatenate([[0], np.cumsum(np.repeat(sizes, counts))])
-        return np.concatenate([self.mapped[starts[i] : starts[i + 1]] for i in picked.tolist()]), None
+        self.rows = np.concatenate([[0], np.cumsum(np.repeat(sizes, counts))])
+        self.mapped = np.memmap(self.path, np.uint8, "r", shape=(int(self.rows[-1]),))
+        if (sizes == sizes[0]).all():
+            self.mapped = self.mapped.reshape(-1, int(sizes[0]))
 
     def __getitem__(self, image_id: int) -> tuple[np.ndarray, None]:
         return self.read_ids([image_id])
@@ -95,7 +104,7 @@ class PlainFile:
         return out, None
 
     def close(self) -> None:
-        self.mapped = None  # the map goes with the last view of it
+        self.mapped = self.rows = None  # the map goes with the last view of it
         if self.descriptor >= 0:
             os.close(self.descriptor)
             self.descriptor = -1
