@@ -9,7 +9,8 @@ a memory map of the file made by the first such read, as the fastest backends do
 sizes of the images it wrote (in this process: the benchmarks build and read their stores in one session).
 
 `OBJECT_FLOOR`, the `limit` row of the object-store tables: the same pixel bytes as one object, stored with one
-PUT and read with one GET.
+PUT and read with one GET; some ids are read with ranged GETs of that object (obstore's ``get_ranges`` merges
+near ones), as `FLOOR` remembering where each image is.
 
 `CodecFloor(codec)`, the `limit-<codec>` rows of the store-many, read-many (warm and cold) and growth
 tables that hold a backend writing encoded images: the codec alone, no container and no files. Its append encodes
@@ -39,6 +40,19 @@ def pixel_bytes(images: np.ndarray | list) -> np.ndarray:
     return np.concatenate([np.ascontiguousarray(image).reshape(-1).view(np.uint8) for image in images])
 
 
+def image_starts(runs: list[tuple[int, int]]) -> np.ndarray:
+    """Where each image of `runs` ((count, bytes of each) per append) starts among their bytes, and where they end."""
+    if not runs:
+        raise ValueError("the floor knows where the images are only in what it wrote")
+    counts, sizes = np.array(runs, np.int64).T
+    return np.concatenate([[0], np.cumsum(np.repeat(sizes, counts))])
+
+
+def picked_ids(ids: object, count: int) -> np.ndarray:
+    """`ids` (a sequence of ints or a slice) of `count` images, as an array."""
+    return np.arange(*ids.indices(count)) if isinstance(ids, slice) else np.asarray(ids, np.int64)
+
+
 class PlainFile:
     """An open plain file of pixel bytes, with a store's methods: POSIX file descriptors, no Python buffering.
     `runs` lists the images written to the file as (count, bytes of each) pairs, one per append of one size."""
@@ -61,7 +75,7 @@ class PlainFile:
         if isinstance(images, np.ndarray):
             self.runs.append((len(images), images[0].nbytes))  # no object per image: the peak memory stays flat
         else:
-            self.runs += [(1, image.nbytes) for image in images]
+            self.runs += image_runs(images)
         self.mapped = self.rows = None
 
     def read_ids(self, ids: object) -> tuple[np.ndarray, None]:
@@ -69,20 +83,17 @@ class PlainFile:
         labels: each image's bytes copied once out of the file's memory map."""
         if self.rows is None:  # once per open file (the first, untimed round), not in every timed read
             self._map()
+        picked = picked_ids(ids, len(self.rows) - 1)
         if self.mapped.ndim == 2:  # one size: a gather of rows
-            picked = np.arange(*ids.indices(len(self.mapped))) if isinstance(ids, slice) else ids
             return self.mapped[picked].reshape(-1), None
         starts = self.rows
-        picked = range(*ids.indices(len(starts) - 1)) if isinstance(ids, slice) else ids
-        return np.concatenate([self.mapped[starts[i] : starts[i + 1]] for i in picked]), None
+        return np.concatenate([self.mapped[starts[i] : starts[i + 1]] for i in picked.tolist()]), None
 
     def _map(self) -> None:
         """Map the file: as one row per image when they are of one size, else flat with where each starts."""
-        if not self.runs:
-            raise ValueError(f"{self.path}: the floor knows where the images are only in files it wrote")
-        counts, sizes = np.array(self.runs, np.int64).T
-        self.rows = np.concatenate([[0], np.cumsum(np.repeat(sizes, counts))])
+        self.rows = image_starts(self.runs)
         self.mapped = np.memmap(self.path, np.uint8, "r", shape=(int(self.rows[-1]),))
+        sizes = np.array(self.runs, np.int64)[:, 1]
         if (sizes == sizes[0]).all():
             self.mapped = self.mapped.reshape(-1, int(sizes[0]))
 
@@ -206,13 +217,17 @@ class CodecFloor:
 
 
 class ObjectFile:
-    """One object of pixel bytes in an object store, with a store's methods: one PUT, one GET."""
+    """One object of pixel bytes in an object store, with a store's methods: one PUT; one GET for all of it; one
+    ranged GET for some consecutive ids, or obstore's ``get_ranges`` for any ids, as the fastest object reads do.
+    `runs` lists the images written, as `PlainFile.runs`."""
 
-    def __init__(self, location: object, mode: str) -> None:
+    def __init__(self, location: object, mode: str, runs: list[tuple[int, int]]) -> None:
         from storage._objects import ObjectLocation  # obstore: only where the object-store backends are installed
 
         self.location = ObjectLocation.parse(location)
         self.client = self.location.client()
+        self.runs = runs
+        self.starts: np.ndarray | None = None  # made by the first read of some ids: a whole read needs none
         self.requests = self.bytes_transferred = 0
         if mode == "r":
             import obstore
@@ -225,15 +240,45 @@ class ObjectFile:
 
         data = pixel_bytes(images)
         obstore.put(self.client, OBJECT_KEY, memoryview(data), use_multipart=False)
-        self.requests, self.bytes_transferred = self.requests + 1, self.bytes_transferred + data.nbytes
+        self._count(1, data.nbytes)
+        self.runs[:] = [(len(images), images[0].nbytes)] if isinstance(images, np.ndarray) else image_runs(images)
+        self.starts = None
 
-    def read(self) -> tuple[np.ndarray, None]:
-        """GET the object in one request: its bytes as an array, as the client hands them over (no copy)."""
+    def read(self, ids: object = None) -> tuple[np.ndarray, None]:
+        """GET the object in one request: its bytes as an array, as the client hands them over (no copy); or those
+        of the images at `ids` (`read_ids`). No labels."""
         import obstore
 
+        if ids is not None:
+            return self.read_ids(ids)
         data = np.frombuffer(obstore.get(self.client, OBJECT_KEY).bytes(), np.uint8)
-        self.requests, self.bytes_transferred = self.requests + 1, self.bytes_transferred + data.nbytes
+        self._count(1, data.nbytes)
         return data, None
+
+    def read_ids(self, ids: object) -> tuple[np.ndarray, None]:
+        """The pixel bytes of the images at `ids` (a sequence of ints or a slice), one after another: a slice in one
+        ranged GET; other ids through ``get_ranges``, which merges ranges at most `COALESCE` bytes apart into one
+        GET and sends up to 10 at once. The requests and bytes counted are those of that documented merging."""
+        import obstore
+
+        if self.starts is None:  # once per open object (the first, untimed round), not in every timed read
+            self.starts = image_starts(self.runs)
+        picked = picked_ids(ids, len(self.starts) - 1)
+        starts, ends = self.starts[picked], self.starts[picked + 1]
+        if isinstance(ids, slice):
+            data = obstore.get_range(self.client, OBJECT_KEY, start=int(starts[0]), end=int(ends[-1]))
+            data = np.frombuffer(data, np.uint8)
+            self._count(1, data.nbytes)
+            return data, None
+        parts = obstore.get_ranges(self.client, OBJECT_KEY, starts=starts.tolist(), ends=ends.tolist())
+        self._count(*merged(starts, ends, COALESCE))
+        return np.concatenate([np.frombuffer(part, np.uint8) for part in parts]), None
+
+    def __getitem__(self, image_id: int) -> tuple[np.ndarray, None]:
+        return self.read_ids(slice(image_id, image_id + 1))
+
+    def _count(self, requests: int, nbytes: int) -> None:
+        self.requests, self.bytes_transferred = self.requests + requests, self.bytes_transferred + nbytes
 
     def close(self) -> None:
         pass
@@ -246,17 +291,36 @@ class ObjectFile:
 
 
 OBJECT_KEY = "pixels"
+COALESCE = 1 << 20  # obstore's get_ranges default: ranges at most this far apart share one GET
+
+
+def image_runs(images: list) -> list[tuple[int, int]]:
+    """`images` as (count, bytes of each) runs, one image each."""
+    return [(1, image.nbytes) for image in images]
+
+
+def merged(starts: np.ndarray, ends: np.ndarray, gap: int) -> tuple[int, int]:
+    """The GETs and bytes of reading ranges `starts`-`ends` with neighbours at most `gap` bytes apart merged into
+    one GET, as object_store's ``merge_ranges`` (under obstore's ``get_ranges``) does."""
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.maximum.accumulate(ends[order])
+    apart = np.flatnonzero(starts[1:] - ends[:-1] > gap)  # a new GET starts after each of these
+    first, last = np.concatenate([[0], apart + 1]), np.concatenate([apart, [len(starts) - 1]])
+    return len(first), int((ends[last] - starts[first]).sum())
 
 
 class ObjectFloor:
     """`limit` of the object-store tables: the pixel bytes as one object, stored with one PUT and read with one
-    GET, the transport's limit between this machine and the server."""
+    GET, the transport's limit between this machine and the server; some ids are read with ranged GETs."""
 
     name = FLOOR_NAME
     local = False
 
+    def __init__(self) -> None:
+        self.runs: dict[str, list[tuple[int, int]]] = {}  # per object: its images, as (count, bytes of each)
+
     def open(self, location: object, mode: str = "r", *, durable: bool = True) -> ObjectFile:
-        return ObjectFile(location, mode)
+        return ObjectFile(location, mode, self.runs.setdefault(str(location), []))
 
     def files(self, location: object) -> list[str]:
         from storage._objects import ObjectLocation, _listed

@@ -20,7 +20,7 @@ from typing import Callable, Union
 
 import numpy as np
 
-from benchmarks.floor import CodecFloor, Floor, pixel_bytes
+from benchmarks.floor import CodecFloor, Floor, ObjectFloor, pixel_bytes
 from benchmarks.tutorial import Tutorial
 from storage import Backend
 from storage._base import allocated_bytes
@@ -81,7 +81,7 @@ def check_picked(subject: Subject, got_images: object, got_labels: object, image
     """What a read of `ids` gave equals those images and labels, within the codec's tolerance (the floor: their
     pixel bytes, and no labels). Checked outside the timed region."""
     expected = [images[i] for i in ids]
-    if isinstance(subject, Floor):
+    if isinstance(subject, (Floor, ObjectFloor)):
         assert np.array_equal(pixel_bytes(got_images), pixel_bytes(expected))
         return
     assert_images_match(got_images, expected, subject.codec)

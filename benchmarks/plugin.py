@@ -264,8 +264,7 @@ ROWS = pytest.StashKey[list]()  # what the summary at the end shows, one row per
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "limit_row(local_only=False): also run the floor (benchmarks.floor), as the row 'limit'; local_only: "
-        "only in grids of local stores",
+        "limit_row: also run the floor (benchmarks.floor), as the row 'limit'",
     )
     config.addinivalue_line(
         "markers", "codec_floor: also run each codec of the chosen backends alone, as the rows 'limit-<codec>'"
@@ -314,11 +313,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     chosen = metafunc.config.stash[GRID]
     subjects = [storage.backend(name) for name in chosen.backends]
     limit_row = metafunc.definition.get_closest_marker("limit_row")
-    if limit_row:  # where the grid's stores live: plain file or object (local_only: no object floor)
-        if any(subject.local for subject in subjects) or not subjects:
-            subjects.append(FLOOR)
-        elif not limit_row.kwargs.get("local_only"):
-            subjects.append(OBJECT_FLOOR)
+    if limit_row:  # where the grid's stores live: plain file or object
+        subjects.append(FLOOR if any(subject.local for subject in subjects) or not subjects else OBJECT_FLOOR)
     if metafunc.definition.get_closest_marker("tutorial_row") and chosen.tutorial:
         families = {storage.backend(name).family for name in chosen.backends}
         subjects += [tutorial for family, tutorial in TUTORIALS.items() if family in families]

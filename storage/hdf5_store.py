@@ -9,7 +9,8 @@ files are not crash safe while open for writing, so the store is only ever held 
 Options for new runs: ``compression="lzf"`` or ``"gzip"`` stores a run chunked one image per
 chunk and compressed by HDF5's filter; ``encoding="png"`` (any codec of ``storage.codecs``)
 stores each image encoded, in a variable-length byte dataset whose attributes record the
-codec and the images' shape and dtype.
+codec and the images' shape and dtype. A read takes encoded files a few MiB of images at a
+time (`ENCODED_BLOCK_BYTES`), so it holds little memory beyond the images it returns.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ FORMAT = np.bytes_(b"imagestore-hdf5-1")
 COMPRESSIONS = (None, "lzf", "gzip")
 ENCODED = h5py.vlen_dtype(np.uint8)
 FIRST_ENCODING = "png"  # encoded runs written before the codec was recorded are PNG files
+ENCODED_BLOCK_BYTES = 4 << 20  # a read of encoded images holds the files of about this many pixel bytes at once
 
 
 @dataclass(frozen=True)
@@ -121,21 +123,27 @@ class Hdf5Store(RunFileStore):
 
     def _read_run(self, run: int, local: np.ndarray, out: np.ndarray) -> None:
         dataset, codec = self._runs[run], self._codecs[run]
-        if is_consecutive(local) and not codec:
-            dataset.read_direct(out, np.s_[local[0] : local[-1] + 1])
-            return
-        low, high = int(local.min()), int(local.max()) + 1
-        if high - low <= 2 * len(local):  # dense enough: one contiguous read, then gather
-            rows, pick = dataset[low:high], local - low
-        else:  # sparse: h5py point selection wants increasing unique ids
-            unique, pick = np.unique(local, return_inverse=True)
-            rows = dataset[unique]
-        pick = pick.reshape(-1)
         if not codec:
-            np.take(rows, pick, axis=0, out=out)
+            if is_consecutive(local):
+                dataset.read_direct(out, np.s_[local[0] : local[-1] + 1])
+            else:
+                rows, pick = _rows_of(dataset, local)
+                np.take(rows, pick, axis=0, out=out)
             return
-        for position, row in enumerate(pick.tolist()):
-            out[position] = codec.decode(rows[row], out.shape[1:], out.dtype)
+        step = max(1, ENCODED_BLOCK_BYTES // out[0].nbytes)  # the files of a few MiB of images at a time
+        for first in range(0, len(local), step):
+            rows, pick = _rows_of(dataset, local[first : first + step])
+            for position, row in enumerate(pick.tolist(), first):
+                out[position] = codec.decode(rows[row], out.shape[1:], out.dtype)
+
+
+def _rows_of(dataset: h5py.Dataset, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `dataset` that hold the images at `local`, and where each image is among them."""
+    low, high = int(local.min()), int(local.max()) + 1
+    if high - low <= 2 * len(local):  # dense enough: one contiguous read
+        return dataset[low:high], local - low
+    unique, pick = np.unique(local, return_inverse=True)  # sparse: h5py point selection wants increasing unique ids
+    return dataset[unique], pick.reshape(-1)
 
 
 def _own_datasets(file: h5py.File, group: str) -> list[h5py.Dataset]:

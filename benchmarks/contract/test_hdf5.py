@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import storage
+from storage import hdf5_store
 from storage.testing import HEADROOM, StoreContract, open_and_read, run_forked
 from storage.testing.contract import append_files, encoded_names
 
@@ -115,3 +116,21 @@ def test_an_encoded_append_keeps_each_file_as_it_is(name, tmp_path):
         runs = [file["images"][run] for run in sorted(file["images"])]
         assert len(runs) > 1  # one a shape and layout
         assert [row.tobytes() for run in runs for row in run[()]] == files
+
+
+def test_encoded_images_are_read_a_few_at_a_time_into_their_places(monkeypatch, tmp_path):
+    with storage.open("hdf5-png", tmp_path / "store.h5", "x") as store:
+        store.append(IMAGES, range(12))
+    rows_of, blocks = hdf5_store._rows_of, []
+
+    def counted(dataset, local):
+        blocks.append(len(local))
+        return rows_of(dataset, local)
+
+    monkeypatch.setattr(hdf5_store, "ENCODED_BLOCK_BYTES", 5 * IMAGES[0].nbytes)
+    monkeypatch.setattr(hdf5_store, "_rows_of", counted)
+    ids = [11, 0, 7, 7, 3, 9, 1]
+    with storage.open("hdf5", tmp_path / "store.h5") as store:
+        np.testing.assert_array_equal(store.read()[0], IMAGES)
+        np.testing.assert_array_equal(store.read(ids)[0], IMAGES[ids])
+    assert blocks == [5, 5, 2, 5, 2]  # at most 5 images' files held at once

@@ -80,7 +80,7 @@ def record_rate(benchmark, images_per_round: int) -> None:
         benchmark.extra_info["images_per_second"] = images_per_round / benchmark.stats.stats.median
 
 
-@pytest.mark.limit_row(local_only=True)
+@pytest.mark.limit_row
 def test_random_each(benchmark, run_rounds, case, source, built_stores):
     images, labels = source
     ids = random_ids(case.images).tolist()
@@ -93,7 +93,7 @@ def test_random_each(benchmark, run_rounds, case, source, built_stores):
     check_picked(case.subject, [image for image, _ in got], [label for _, label in got], images, labels, ids)
 
 
-@pytest.mark.limit_row(local_only=True)
+@pytest.mark.limit_row
 def test_random_batch(benchmark, run_rounds, case, source, built_stores):
     images, labels = source
     ids = random_ids(case.images)
@@ -106,7 +106,7 @@ def test_random_batch(benchmark, run_rounds, case, source, built_stores):
     check_picked(case.subject, got_images, got_labels, images, labels, ids)
 
 
-@pytest.mark.limit_row(local_only=True)
+@pytest.mark.limit_row
 @pytest.mark.parametrize("batch_size", [32, 256], ids=lambda size: f"batch={size}")
 def test_shuffled_batches(benchmark, run_rounds, case, source, built_stores, batch_size):
     images, labels = source
@@ -169,7 +169,7 @@ def test_read_many_cold(benchmark, run_rounds, case, source, built_stores):
 
 
 @needs_eviction
-@pytest.mark.limit_row(local_only=True)
+@pytest.mark.limit_row
 def test_random_batch_cold(benchmark, run_rounds, case, source, built_stores):
     """The random batch above, from a store opened (untimed) right after eviction."""
     skip_unless_local(case)

@@ -15,7 +15,7 @@ import pytest
 import storage
 from benchmarks import plugin
 from benchmarks.data import Dataset
-from benchmarks.floor import FLOOR, CodecFloor
+from benchmarks.floor import FLOOR, OBJECT_FLOOR, CodecFloor, merged
 from benchmarks.harness import check_picked, check_read_back, read_all, store
 from benchmarks.plugin import PRESETS, Case, grid
 from storage import codecs
@@ -117,6 +117,30 @@ def test_the_floor_reads_the_bytes_of_the_ids_asked_for_also_after_a_copy_and_an
                 check_picked(FLOOR, opened.read(ids)[0], None, images, None, ids)
             with pytest.raises(AssertionError):  # the check can fail: other ids' bytes are not these
                 check_picked(FLOOR, opened.read([1, 2])[0], None, images, None, [2, 1])
+
+
+@pytest.mark.s3
+def test_the_object_floor_reads_the_bytes_of_the_ids_asked_for_with_the_requests_it_counts(s3_root):
+    from storage.testing.places import object_place
+
+    images = np.random.default_rng(2).integers(0, 256, (9, 4, 5, 3), dtype=np.uint8)
+    ids = [8, 0, 3, 3, 5]
+    with object_place() as place:
+        store(OBJECT_FLOOR, place / "floor", images, np.arange(9))
+        with OBJECT_FLOOR.open(place / "floor") as opened:
+            check_picked(OBJECT_FLOOR, opened.read(ids)[0], None, images, None, ids)
+            check_picked(OBJECT_FLOOR, opened.read(slice(4, 12))[0], None, images, None, range(4, 9))
+            check_picked(OBJECT_FLOOR, [opened[i][0] for i in ids[1:]], None, images, None, ids[1:])
+            assert opened.requests == 1 + 1 + 4  # near ranges share one GET; a slice and an image take one each
+            with pytest.raises(AssertionError):  # the check can fail: other ids' bytes are not these
+                check_picked(OBJECT_FLOOR, opened.read([1, 2])[0], None, images, None, [2, 1])
+
+
+def test_the_object_floor_counts_the_gets_that_merged_ranges_take():
+    starts, ends = np.array([5000, 0, 10, 10]), np.array([6000, 5, 20, 20])
+    assert merged(starts, ends, gap=100) == (2, 20 + 1000)
+    assert merged(starts, ends, gap=5000) == (1, 6000)
+    assert merged(starts, ends, gap=4) == (3, 5 + 10 + 1000)
 
 
 def options(**given: object) -> argparse.Namespace:
