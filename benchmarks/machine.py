@@ -3,7 +3,9 @@
 Everything but `VOLATILE_FIELDS` stays the same from run to run on one machine, so that pytest-benchmark's comparison
 of two runs (``--benchmark-compare``) sees one machine; `volatile_fields_aside` keeps the others out of it.
 `file_creation` is measured on every run: creating files is what a directory store spends most of a store round
-on, and on a virtual disk its cost drifts from day to day.
+on, and on a virtual disk its cost drifts from day to day. `free_page_reporting` says whether memory that stays free
+for a moment goes back to the host, which makes the next touch of it slow (docs/benchmarks.md, "Memory the host
+takes back").
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ LIBRARIES = (
 )
 VOLATILE_CPU_FIELDS = ("hz_actual", "hz_actual_friendly")  # the live clock: differs on every run
 VOLATILE_FIELDS = ("file_creation",)  # measured by every run: left out when two runs' machines are compared
+BALLOONS = Path("/sys/bus/virtio/drivers/virtio_balloon")  # a VM's memory balloon devices, where Linux lists them
+REPORTING_FEATURE = 5  # VIRTIO_BALLOON_F_REPORTING: the guest hands the host the memory it has free
 CREATED_FILES = 200  # per batch; 7 batches take about 0.1 s where a file takes 100 us
 CREATED_BYTES = 4096
 
@@ -99,6 +103,13 @@ def file_creation(directory: Path, count: int = CREATED_FILES, rounds: int = 3) 
     return {**{name: round(value, 1) for name, value in microseconds.items()}, "files": count * rounds}
 
 
+def free_page_reporting(balloons: Path = BALLOONS) -> bool:
+    """Whether this machine is a VM whose kernel hands free memory back to the host (virtio-balloon free page
+    reporting): the host then takes the pages away, and touching them again costs a fault in the host each."""
+    features = [device.read_text() for device in balloons.glob("virtio*/features")] if balloons.is_dir() else []
+    return any(bits[REPORTING_FEATURE : REPORTING_FEATURE + 1] == "1" for bits in features)
+
+
 @contextlib.contextmanager
 def volatile_fields_aside(*machine_infos: dict) -> Iterator[None]:
     """Hold the `VOLATILE_FIELDS` of each of `machine_infos` aside for the block (while two runs' machines are
@@ -112,8 +123,9 @@ def volatile_fields_aside(*machine_infos: dict) -> Iterator[None]:
 
 
 def update(machine_info: dict, store_dir: str | None) -> None:
-    """Drop the volatile CPU fields and add library versions, backends, the stores' filesystem and what creating a
-    file costs on it (`file_creation`; left out where the directory cannot be written)."""
+    """Drop the volatile CPU fields and add library versions, backends, the stores' filesystem, whether the host takes
+    free memory back (`free_page_reporting`) and what creating a file costs (`file_creation`; left out where the
+    directory cannot be written)."""
     for name in VOLATILE_CPU_FIELDS:
         machine_info.get("cpu", {}).pop(name, None)
     where = Path(store_dir or tempfile.gettempdir())
@@ -121,5 +133,6 @@ def update(machine_info: dict, store_dir: str | None) -> None:
     machine_info["backends"] = storage.available()
     machine_info["store_filesystem"] = filesystem(where)
     machine_info["cpu_count"] = os.cpu_count()
+    machine_info["free_page_reporting"] = free_page_reporting()
     with contextlib.suppress(OSError):  # a directory that cannot be written: not measured
         machine_info["file_creation"] = file_creation(where)

@@ -256,6 +256,10 @@ class Case:
         return self.count or 1
 
 
+FREE_PAGE_REPORTING = (
+    "this VM hands free memory back to its host (virtio-balloon free page reporting): a round that touches memory "
+    "freed a moment before can take many times longer (docs/benchmarks.md, 'Memory the host takes back')"
+)
 GRID = pytest.StashKey[Grid]()
 ROWS = pytest.StashKey[list]()  # what the summary at the end shows, one row per finished benchmark
 
@@ -363,11 +367,13 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     )
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
-    chosen = config.stash[GRID]
-    if chosen.dataset.kind != "folder":
-        return None
-    return "image storage: " + chosen.dataset.listing(max(chosen.counts)).describe(chosen.dataset.directory)
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    chosen, lines = config.stash[GRID], []
+    if chosen.dataset.kind == "folder":
+        lines.append("image storage: " + chosen.dataset.listing(max(chosen.counts)).describe(chosen.dataset.directory))
+    if config.getoption("benchmark_only", False) and machine.free_page_reporting():
+        lines.append(f"image storage: {FREE_PAGE_REPORTING}")
+    return lines
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -123,6 +123,16 @@ def test_saved_machine_info_is_stable_and_complete(tmp_path):
     assert 0 < creation["fresh_us"] < 1e6
     assert 0 < creation["after_deleting_us"] < 1e6
     assert list(tmp_path.iterdir()) == []  # its scratch files are gone
+    assert isinstance(info["free_page_reporting"], bool)
+
+
+@pytest.mark.parametrize(("features", "reporting"), [(None, False), ("0110000001", False), ("0110010101", True)])
+def test_free_page_reporting_is_read_from_the_balloons_features(features, reporting, tmp_path):
+    if features:
+        (tmp_path / "virtio3").mkdir()
+        (tmp_path / "virtio3" / "features").write_text(features + "\n")
+    assert machine.free_page_reporting(tmp_path) is reporting
+    assert machine.free_page_reporting(tmp_path / "absent") is False
 
 
 def test_two_runs_machines_are_compared_without_what_each_run_measures_anew():
