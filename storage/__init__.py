@@ -50,6 +50,7 @@ VARIANTS = {
     "png-level6": ("png", {"compress_level": 6}),  # Pillow's default level, which the classic tutorial used
     "png-level9": ("png", {"compress_level": 9}),
     "png-threads1": ("png", {"threads": 1}),  # encode and decode in the calling thread: what the default's pool buys
+    "png-up": ("png", {"filter": "up"}),  # one row filter: large images faster both ways, small ones larger (Png)
     "lmdb-png": ("lmdb", {"encoding": "png"}),
     "lmdb-pickle": ("lmdb", {"encoding": "pickle"}),
     "lmdb-jpeg": ("lmdb", {"encoding": "jpeg"}),
