@@ -48,6 +48,14 @@ def image_starts(runs: list[tuple[int, int]]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.repeat(sizes, counts))])
 
 
+def image_runs(images: np.ndarray | list) -> list[tuple[int, int]]:
+    """`images` as (count, bytes of each) runs: one for a batch (no object per image: the peak memory stays flat),
+    one per image for a list."""
+    if isinstance(images, np.ndarray):
+        return [(len(images), images[0].nbytes)] if len(images) else []
+    return [(1, image.nbytes) for image in images]
+
+
 def picked_ids(ids: object, count: int) -> np.ndarray:
     """`ids` (a sequence of ints or a slice) of `count` images, as an array."""
     return np.arange(*ids.indices(count)) if isinstance(ids, slice) else np.asarray(ids, np.int64)
@@ -72,10 +80,7 @@ class PlainFile:
             data = data[os.write(self.descriptor, data) :]
         if self.durable:
             os.fsync(self.descriptor)
-        if isinstance(images, np.ndarray):
-            self.runs.append((len(images), images[0].nbytes))  # no object per image: the peak memory stays flat
-        else:
-            self.runs += image_runs(images)
+        self.runs += image_runs(images)
         self.mapped = self.rows = None
 
     def read_ids(self, ids: object) -> tuple[np.ndarray, None]:
@@ -241,7 +246,7 @@ class ObjectFile:
         data = pixel_bytes(images)
         obstore.put(self.client, OBJECT_KEY, memoryview(data), use_multipart=False)
         self._count(1, data.nbytes)
-        self.runs[:] = [(len(images), images[0].nbytes)] if isinstance(images, np.ndarray) else image_runs(images)
+        self.runs[:] = image_runs(images)  # the PUT replaced the object
         self.starts = None
 
     def read(self, ids: object = None) -> tuple[np.ndarray, None]:
@@ -270,7 +275,9 @@ class ObjectFile:
             data = np.frombuffer(data, np.uint8)
             self._count(1, data.nbytes)
             return data, None
-        parts = obstore.get_ranges(self.client, OBJECT_KEY, starts=starts.tolist(), ends=ends.tolist())
+        parts = obstore.get_ranges(
+            self.client, OBJECT_KEY, starts=starts.tolist(), ends=ends.tolist(), coalesce=COALESCE
+        )
         self._count(*merged(starts, ends, COALESCE))
         return np.concatenate([np.frombuffer(part, np.uint8) for part in parts]), None
 
@@ -291,12 +298,7 @@ class ObjectFile:
 
 
 OBJECT_KEY = "pixels"
-COALESCE = 1 << 20  # obstore's get_ranges default: ranges at most this far apart share one GET
-
-
-def image_runs(images: list) -> list[tuple[int, int]]:
-    """`images` as (count, bytes of each) runs, one image each."""
-    return [(1, image.nbytes) for image in images]
+COALESCE = 1 << 20  # ranges at most this far apart share one GET (obstore's default, and s3-shards' gap_bytes)
 
 
 def merged(starts: np.ndarray, ends: np.ndarray, gap: int) -> tuple[int, int]:

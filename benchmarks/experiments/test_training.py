@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -214,10 +215,16 @@ def read_range(backend: str, path: str, start: int, stop: int, check: bool = Fal
 
 def make_pool(kind: str, workers: int, fork_safe: bool = True) -> Executor:
     """Threads, or processes: forked, unless the store's library cannot run in a forked child (then forked from a
-    fork server, which has used no store)."""
+    fork server, which has used no store). The workers take this process's environment: a fork server keeps the
+    one it started with, which may predate the S3 server's address and credentials."""
     if kind == "thread":
         return ThreadPoolExecutor(workers)
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if fork_safe else "forkserver"))
+    context = multiprocessing.get_context("fork" if fork_safe else "forkserver")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=adopt_environment, initargs=(dict(os.environ),))
+
+
+def adopt_environment(environment: dict[str, str]) -> None:
+    os.environ.update(environment)
 
 
 @pytest.mark.parametrize("pool_kind", ["process", "thread"])
