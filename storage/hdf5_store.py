@@ -33,7 +33,7 @@ FORMAT = np.bytes_(b"imagestore-hdf5-1")
 COMPRESSIONS = (None, "lzf", "gzip")
 ENCODED = h5py.vlen_dtype(np.uint8)
 FIRST_ENCODING = "png"  # encoded runs written before the codec was recorded are PNG files
-ENCODED_BLOCK_BYTES = 4 << 20  # a read of encoded images holds the files of about this many pixel bytes at once
+ENCODED_BLOCK_BYTES = 1 << 20  # a read of encoded images holds the files of about this many pixel bytes at once
 
 
 @dataclass(frozen=True)
