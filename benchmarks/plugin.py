@@ -266,10 +266,7 @@ ROWS = pytest.StashKey[list]()  # what the summary at the end shows, one row per
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "limit_row: also run the floor (benchmarks.floor), as the row 'limit'",
-    )
+    config.addinivalue_line("markers", "limit_row: also run the floor (benchmarks.floor), as the row 'limit'")
     config.addinivalue_line(
         "markers", "codec_floor: also run each codec of the chosen backends alone, as the rows 'limit-<codec>'"
     )
@@ -316,8 +313,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     chosen = metafunc.config.stash[GRID]
     subjects = [storage.backend(name) for name in chosen.backends]
-    limit_row = metafunc.definition.get_closest_marker("limit_row")
-    if limit_row:  # where the grid's stores live: plain file or object
+    if metafunc.definition.get_closest_marker("limit_row"):  # where the grid's stores live: plain file or object
         subjects.append(FLOOR if any(subject.local for subject in subjects) or not subjects else OBJECT_FLOOR)
     if metafunc.definition.get_closest_marker("tutorial_row") and chosen.tutorial:
         families = {storage.backend(name).family for name in chosen.backends}
